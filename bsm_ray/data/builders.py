@@ -1,0 +1,733 @@
+"""Builders: input files -> shard rows, one builder per source kind of the two papers.
+
+Every builder is a generator of `(split, row)` pairs with the shard schemas of `shards.py`.
+Invalid records go to the `Ledger` (raise or count, per `--on-invalid`); recipe filters and
+accepted biological exceptions are noted there too, so every input record is accounted for.
+
+Randomness is derived per item from `(seed, stable id)` with `item_rng`, never from a shared
+stream, so the output does not depend on file order, chunk sizes or parallelism.
+
+Builders and their rules:
+- `build_single`: FASTA -> single-modal documents (`<dna>ACGT...`). Records are streamed in
+  chunks; a record longer than `max_doc_letters` becomes several documents
+  (`<id>/part<k>`); a record's documents are released only once the whole record validated.
+- `build_refseq_pairs`: GenBank -> one pair document per CDS: gene DNA (CDS span + flank,
+  introns kept, reverse-complemented on the minus strand), RNA (spliced CDS, T->U) and protein
+  (the `/translation` qualifier, checked against Biopython's translation with the record's
+  table). Any 2 or 3 of them, in shuffled order.
+- `build_gene_pairs`: gene id -> accessions TSV + FASTA -> documents of 2 or 3 related
+  sequences of one gene, in shuffled order, every sequence used once.
+- `build_web`: JSONL / Parquet text documents -> the detected sequences of documents with at
+  least `min_sequences` of them, joined by `<sep>` (detector: `detect.py`).
+- `build_genome_pieces`: FASTA genomes -> GeneMask pieces (REFERENCE.md section 3), streamed.
+
+Imports Biopython, numpy and pyarrow; no ray, torch or mlflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bsm_ray.data.detect import DetectorConfig, detect_sequences
+from bsm_ray.data.records import (
+    Ledger,
+    iter_fasta,
+    iter_genbank,
+    read_fasta_records,
+    validate_sequence,
+)
+from bsm_ray.errors import InputError
+from bsm_ray.fileio import open_text
+from bsm_ray.tokenizers.alphabets import first_invalid, guess_modality
+from bsm_ray.tokenizers.char import BsmCharTokenizer, format_document
+
+Row = dict
+_TOKENIZER = BsmCharTokenizer()
+
+
+def stable_hash(*parts: object) -> int:
+    """A 64-bit hash of `parts` that is the same in every process (unlike `hash()`)."""
+    text = "\x1f".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+
+
+def item_rng(seed: int, *key: object) -> np.random.Generator:
+    """An RNG for one item, derived from the run seed and the item's stable id."""
+    return np.random.default_rng([seed, stable_hash(*key)])
+
+
+def split_of(seed: int, key: str, val_fraction: float) -> str:
+    """Deterministic train/val assignment by a hash of the group key (no leakage within a group)."""
+    u = stable_hash("split", seed, key) / 2.0**64
+    return "val" if u < val_fraction else "train"
+
+
+def doc_row(
+    doc_id: str, kind: str, segments: list[tuple[str, str]], source_file: str, source_record: str
+) -> Row:
+    text = format_document(segments)
+    return {
+        "doc_id": doc_id,
+        "kind": kind,
+        "modalities": [m for m, _ in segments],
+        "text": text,
+        "num_tokens": _TOKENIZER.count_tokens(text),
+        "source_file": source_file,
+        "source_record": source_record,
+    }
+
+
+def shuffled_combination(
+    rng: np.random.Generator, members: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Any 2 or 3 of `members` in shuffled order: every ordered arrangement equally likely.
+
+    With 3 members there are 12 arrangements (6 ordered pairs, 6 orders of the triple); with 2
+    members, 2 (both orders).
+    """
+    if len(members) < 2:
+        raise ValueError("need at least two members to pair")
+    sizes = [n for n in (2, 3) if n <= len(members)]
+    # Number of ordered arrangements of size n from m members: m! / (m - n)!
+    weights = np.array([np.prod(range(len(members) - n + 1, len(members) + 1)) for n in sizes])
+    size = int(rng.choice(sizes, p=weights / weights.sum()))
+    order = rng.permutation(len(members))[:size]
+    return [members[i] for i in order]
+
+
+# --- single-modal -------------------------------------------------------------------------------
+
+
+@dataclass
+class SingleInput:
+    """One FASTA file of single-modal sequences."""
+
+    path: str
+    """FASTA file (plain or gzipped)."""
+    modality: str
+    """dna, rna or protein: the alphabet every record is checked against."""
+    t_to_u: bool = False
+    """For RNA files written in DNA letters (cDNA): convert T to U before validation."""
+
+    def __post_init__(self) -> None:
+        if self.modality not in ("dna", "rna", "protein"):
+            raise ValueError(f"modality must be dna, rna or protein, got {self.modality!r}")
+
+
+def build_single(
+    spec: SingleInput,
+    ledger: Ledger,
+    seed: int,
+    val_fraction: float,
+    max_doc_letters: int,
+    seen_ids: set[str],
+    stats: dict,
+) -> Iterator[tuple[str, Row]]:
+    kind = f"single_{spec.modality}"
+    path = spec.path
+    pending: list[tuple[str, bytes]] = []
+    skipping = False
+    offset = 0
+    part = 0
+    record_id = ""
+    for chunk in iter_fasta(path, chunk_bytes=max_doc_letters):
+        if chunk.first:
+            pending, skipping, offset, part = [], False, 0, 0
+            record_id = chunk.record_id
+            if record_id in seen_ids:
+                ledger.invalid(kind, InputError(path, record_id, "duplicate_id"))
+                skipping = True
+            seen_ids.add(record_id)
+        if skipping:
+            continue
+        seq = chunk.seq.upper()
+        if spec.t_to_u:
+            seq = seq.replace(b"T", b"U")
+        bad = first_invalid(seq, spec.modality)
+        if bad >= 0:
+            letter = chr(seq[bad]) if seq[bad] < 128 else "non-ASCII"
+            ledger.invalid(
+                kind,
+                InputError(
+                    path,
+                    record_id,
+                    "invalid_character",
+                    f"{letter!r} at position {offset + bad + 1} is not in the "
+                    f"{spec.modality} IUPAC alphabet",
+                ),
+            )
+            skipping, pending = True, []
+            continue
+        if seq:
+            pending.append((f"{record_id}/part{part}", seq))
+            part += 1
+        offset += len(seq)
+        if chunk.last:
+            if offset == 0:
+                ledger.invalid(kind, InputError(path, record_id, "empty_sequence"))
+                continue
+            split = split_of(seed, record_id, val_fraction)
+            if len(pending) == 1:  # the usual case: the whole record is one document
+                pending = [(record_id, pending[0][1])]
+            for doc_id, piece in pending:
+                segments = [(spec.modality, piece.decode("ascii"))]
+                yield split, doc_row(doc_id, kind, segments, path, record_id)
+            stats[f"{kind}/records"] = stats.get(f"{kind}/records", 0) + 1
+            stats[f"{kind}/letters"] = stats.get(f"{kind}/letters", 0) + offset
+            pending = []
+
+
+# --- RefSeq pairs from GenBank ------------------------------------------------------------------
+
+
+@dataclass
+class RefSeqConfig:
+    """RefSeq DNA/RNA/protein pairs from GenBank records."""
+
+    genbank: list[str] = field(default_factory=list)
+    """GenBank files (plain or gzipped)."""
+    flank_bp: int = 0
+    """Bases added on each side of the CDS span for the gene DNA (clamped to the record)."""
+    accepted_exceptions: list[str] = field(
+        default_factory=lambda: ["rna_edited_start", "trans_spliced", "annotated_exception"]
+    )
+    """Annotated exceptions under which a /translation that differs from Biopython's
+    translation is kept (and noted by reason) instead of rejected."""
+
+
+def _feature_label(feature, index: int) -> str:
+    q = feature.qualifiers
+    for key in ("protein_id", "locus_tag", "gene"):
+        if key in q:
+            return q[key][0]
+    return f"cds{index}"
+
+
+def _translation_check(feature, record_seq, table: int) -> tuple[str, str | None]:
+    """(Biopython's translation of the CDS, None) or (best effort translation, problem)."""
+    from Bio.Data.CodonTable import TranslationError
+
+    try:
+        return str(feature.translate(record_seq, table=table, cds=True)), None
+    except TranslationError as exc:
+        plain = str(feature.translate(record_seq, table=table, cds=False)).rstrip("*")
+        return plain, str(exc).splitlines()[0]
+
+
+def _gene_dna(feature, record_seq, flank_bp: int) -> tuple[str | None, str | None]:
+    """Gene DNA: the CDS span with introns, plus flanks, in the CDS's orientation.
+
+    Returns (dna, None) or (None, reason) when the CDS has no single contiguous locus
+    (trans-spliced parts on different strands or far apart, or parts wrapping the origin).
+    """
+    loc = feature.location
+    parts = loc.parts
+    strands = {p.strand for p in parts}
+    if len(strands) != 1 or "trans_splicing" in feature.qualifiers:
+        return None, "trans_spliced_no_gene_dna"
+    starts = [int(p.start) for p in parts]
+    ordered = starts == sorted(starts) or starts == sorted(starts, reverse=True)
+    if not ordered:
+        return None, "origin_spanning_no_gene_dna"
+    start = max(0, int(loc.start) - flank_bp)
+    end = min(len(record_seq), int(loc.end) + flank_bp)
+    dna = record_seq[start:end]
+    if strands == {-1}:
+        dna = dna.reverse_complement()
+    return str(dna).upper(), None
+
+
+def build_refseq_pairs(
+    config: RefSeqConfig,
+    path: str,
+    ledger: Ledger,
+    seed: int,
+    val_fraction: float,
+    seen_ids: set[str],
+    stats: dict,
+    warning_counts: dict,
+) -> Iterator[tuple[str, Row]]:
+    from Bio.Seq import UndefinedSequenceError
+
+    kind = "refseq_pair"
+    for record in iter_genbank(path, warning_counts):
+        rid = record.id
+        if rid in seen_ids:
+            ledger.invalid(kind, InputError(path, rid, "duplicate_id"))
+            continue
+        seen_ids.add(rid)
+        try:
+            record_seq = record.seq.upper()
+            str(record_seq[:1])  # touch: raises if the record has no sequence data
+        except UndefinedSequenceError:
+            ledger.invalid(kind, InputError(path, rid, "no_sequence", "record has no ORIGIN data"))
+            continue
+        cds_features = [f for f in record.features if f.type == "CDS"]
+        stats["refseq_pair/cds_seen"] = stats.get("refseq_pair/cds_seen", 0) + len(cds_features)
+        if not cds_features:
+            ledger.note(kind, "record_without_cds", rid)
+        for index, feature in enumerate(cds_features):
+            label = _feature_label(feature, index)
+            where = f"{rid} CDS {label}"
+            q = feature.qualifiers
+            if "pseudo" in q or "pseudogene" in q:
+                ledger.note(kind, "pseudo_cds_skipped", where)
+                continue
+            try:
+                table = int(q.get("transl_table", ["1"])[0])
+                rna_dna = str(feature.extract(record_seq)).upper()
+            except Exception as exc:  # bad location or table
+                ledger.invalid(kind, InputError(path, where, "bad_cds_location", str(exc)[:120]))
+                continue
+            try:
+                validate_sequence(rna_dna, "dna", path, where)
+            except InputError as exc:
+                ledger.invalid(kind, exc)
+                continue
+            ours, problem = _translation_check(feature, record_seq, table)
+            annotated = q.get("translation", [None])[0]
+            if annotated is None:
+                if problem:
+                    ledger.invalid(
+                        kind, InputError(path, where, "untranslatable_cds", problem)
+                    )
+                    continue
+                protein = ours
+                ledger.note(kind, "translation_from_sequence", where)
+            else:
+                protein = annotated.replace(" ", "").upper()
+                if protein != ours:
+                    reason = _explain_mismatch(feature, protein, ours)
+                    if reason not in config.accepted_exceptions:
+                        detail = f"annotated {protein[:12]}... vs Biopython {ours[:12]}..."
+                        if problem:
+                            detail += f"; {problem}"
+                        ledger.invalid(kind, InputError(path, where, reason, detail))
+                        continue
+                    ledger.note(kind, f"kept_{reason}", where)
+            try:
+                validate_sequence(protein, "protein", path, where)
+            except InputError as exc:
+                ledger.invalid(kind, exc)
+                continue
+            members = [("rna", rna_dna.replace("T", "U")), ("protein", protein)]
+            dna, no_dna_reason = _gene_dna(feature, record_seq, config.flank_bp)
+            if dna is None:
+                ledger.note(kind, no_dna_reason, where)
+            else:
+                members.insert(0, ("dna", dna))
+            doc_id = f"{rid}|{label}|{index}"
+            rng = item_rng(seed, kind, doc_id)
+            segments = shuffled_combination(rng, members)
+            split = split_of(seed, f"{rid}|{q.get('locus_tag', [label])[0]}", val_fraction)
+            stats["refseq_pair/docs"] = stats.get("refseq_pair/docs", 0) + 1
+            yield split, doc_row(doc_id, kind, segments, path, where)
+
+
+def _explain_mismatch(feature, annotated: str, ours: str) -> str:
+    """Name why an annotated translation differs from Biopython's.
+
+    Annotated exceptions (GenBank /exception, /trans_splicing, /transl_except) explain
+    a difference; anything else is a plain `translation_mismatch`.
+    """
+    q = feature.qualifiers
+    exception = " ".join(q.get("exception", [])).lower()
+    same_but_first = annotated[1:] == ours[1:] and annotated[:1] == "M"
+    if "rna editing" in exception and same_but_first:
+        return "rna_edited_start"
+    if "trans_splicing" in q:
+        return "trans_spliced"
+    if exception or "transl_except" in q:
+        return "annotated_exception"
+    if same_but_first:
+        return "non_atg_start_unannotated"
+    return "translation_mismatch"
+
+
+# --- gene-related pairs -------------------------------------------------------------------------
+
+
+@dataclass
+class GenePairsConfig:
+    """Gene-related sequences: a TSV mapping gene id -> accession, and FASTA files holding them."""
+
+    tsv: str | None = None
+    """Tab-separated: gene_id, accession[, modality]; a header line starting 'gene_id' is skipped."""
+    fasta: list[str] = field(default_factory=list)
+    """FASTA files holding the accessions (matched with and without the .version suffix)."""
+
+
+# RefSeq accession prefixes -> modality (NCBI RefSeq conventions).
+_ACCESSION_MODALITY = {
+    "NM_": "rna", "XM_": "rna", "NR_": "rna", "XR_": "rna",
+    "NP_": "protein", "XP_": "protein", "YP_": "protein", "WP_": "protein", "AP_": "protein",
+    "NC_": "dna", "NG_": "dna", "NT_": "dna", "NW_": "dna", "NZ_": "dna", "AC_": "dna",
+}  # fmt: skip
+
+
+def modality_from_accession(accession: str) -> str | None:
+    return _ACCESSION_MODALITY.get(accession[:3])
+
+
+def _read_gene_map(path: str, ledger: Ledger) -> dict[str, list[tuple[str, str | None]]]:
+    genes: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
+    kind = "gene_pair"
+    with open_text(path) as fh:
+        for line_no, line in enumerate(fh, start=1):
+            line = line.rstrip("\n\r")
+            if not line.strip() or line.startswith("#"):
+                continue
+            cols = line.split("\t")
+            if line_no == 1 and cols[0].strip().lower() == "gene_id":
+                continue
+            if len(cols) not in (2, 3) or not cols[0].strip() or not cols[1].strip():
+                ledger.invalid(
+                    kind,
+                    InputError(path, f"line {line_no}", "malformed_tsv_line",
+                               "expected gene_id<TAB>accession[<TAB>modality]"),
+                )
+                continue
+            modality = cols[2].strip().lower() if len(cols) == 3 else None
+            if modality is not None and modality not in ("dna", "rna", "protein"):
+                ledger.invalid(
+                    kind,
+                    InputError(path, f"line {line_no}", "unknown_modality", repr(cols[2])),
+                )
+                continue
+            genes[cols[0].strip()].append((cols[1].strip(), modality))
+    return genes
+
+
+def build_gene_pairs(
+    config: GenePairsConfig,
+    ledger: Ledger,
+    seed: int,
+    val_fraction: float,
+    stats: dict,
+) -> Iterator[tuple[str, Row]]:
+    kind = "gene_pair"
+    if config.tsv is None:
+        return
+    genes = _read_gene_map(config.tsv, ledger)
+    wanted: dict[str, tuple[str, str | None]] = {}  # accession (and versionless) -> gene, mod
+    for gene_id, accs in genes.items():
+        for acc, modality in accs:
+            wanted[acc] = (gene_id, modality)
+    # Stream the FASTA files once, keeping only the sequences the map asks for.
+    found: dict[str, tuple[str, str, str]] = {}  # accession -> (modality, seq, path)
+    for path in config.fasta:
+        for rid, _desc, _idx, seq in read_fasta_records(path):
+            key = rid if rid in wanted else rid.split(".")[0]
+            if key not in wanted:
+                versionless = {a.split(".")[0]: a for a in wanted}
+                key = versionless.get(rid.split(".")[0], "")
+                if not key:
+                    continue
+            if key in found:
+                ledger.invalid(kind, InputError(path, rid, "duplicate_id"))
+                continue
+            _gene, modality = wanted[key]
+            seq = seq.upper()
+            modality = modality or modality_from_accession(key) or guess_modality(seq)
+            if modality == "rna" and "T" in seq and "U" not in seq:
+                seq = seq.replace("T", "U")  # transcripts are stored in DNA letters
+            try:
+                validate_sequence(seq, modality, path, rid)
+            except InputError as exc:
+                ledger.invalid(kind, exc)
+                continue
+            found[key] = (modality, seq, path)
+    for gene_id in sorted(genes):
+        members = []
+        for acc, _mod in genes[gene_id]:
+            if acc in found:
+                members.append((acc, found[acc]))
+            elif acc not in {a for a, _ in members}:
+                ledger.invalid(
+                    kind, InputError(config.tsv, f"gene {gene_id}", "accession_not_found", acc)
+                )
+        if len(members) < 2:
+            ledger.note(kind, "gene_fewer_than_2_sequences", gene_id)
+            continue
+        rng = item_rng(seed, kind, gene_id)
+        order = rng.permutation(len(members))
+        groups = _partition_2_or_3(rng, len(members))
+        split = split_of(seed, gene_id, val_fraction)
+        start = 0
+        for g, size in enumerate(groups):
+            chosen = [members[i] for i in order[start : start + size]]
+            start += size
+            segments = [(m, s) for _acc, (m, s, _p) in chosen]
+            accs = ",".join(acc for acc, _ in chosen)
+            stats["gene_pair/docs"] = stats.get("gene_pair/docs", 0) + 1
+            yield split, doc_row(
+                f"{gene_id}|{g}", kind, segments, chosen[0][1][2], f"gene {gene_id}: {accs}"
+            )
+
+
+def _partition_2_or_3(rng: np.random.Generator, n: int) -> list[int]:
+    """Split n >= 2 items into groups of 2 or 3 (random sizes, never a group of 1)."""
+    sizes = []
+    remaining = n
+    while remaining > 3:
+        size = int(rng.choice([2, 3])) if remaining != 4 else 2
+        sizes.append(size)
+        remaining -= size
+    sizes.append(remaining)
+    return sizes
+
+
+# --- web interleaved ----------------------------------------------------------------------------
+
+
+@dataclass
+class WebConfig:
+    """Web documents with interleaved biological sequences (BSM round 3)."""
+
+    documents: list[str] = field(default_factory=list)
+    """JSONL files (one JSON object per line) or Parquet files with a text column."""
+    text_field: str = "text"
+    """Name of the text field / column."""
+    id_field: str = "id"
+    """Field holding a document id; '<file>:<line>' when absent."""
+    min_sequences: int = 3
+    """Keep documents with at least this many detected sequences (the paper: 3)."""
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+
+
+def _iter_text_documents(path: str, cfg: WebConfig, ledger: Ledger) -> Iterator[tuple[str, str]]:
+    kind = "web"
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        if cfg.text_field not in pf.schema_arrow.names:
+            raise InputError(path, None, "missing_text_column", cfg.text_field)
+        has_id = cfg.id_field in pf.schema_arrow.names
+        columns = [cfg.text_field] + ([cfg.id_field] if has_id else [])
+        row = 0
+        for batch in pf.iter_batches(columns=columns, batch_size=4096):
+            texts = batch.column(cfg.text_field).to_pylist()
+            ids = batch.column(cfg.id_field).to_pylist() if has_id else [None] * len(texts)
+            for text, doc_id in zip(texts, ids, strict=True):
+                row += 1
+                if not isinstance(text, str):
+                    ledger.invalid(kind, InputError(path, f"row {row}", "missing_text"))
+                    continue
+                yield (str(doc_id) if doc_id is not None else f"{path}:{row}"), text
+        return
+    with open_text(path) as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                ledger.invalid(kind, InputError(path, f"line {line_no}", "malformed_json", exc.msg))
+                continue
+            text = obj.get(cfg.text_field) if isinstance(obj, dict) else None
+            if not isinstance(text, str):
+                ledger.invalid(
+                    kind, InputError(path, f"line {line_no}", "missing_text", cfg.text_field)
+                )
+                continue
+            doc_id = obj.get(cfg.id_field)
+            yield (str(doc_id) if doc_id is not None else f"{path}:{line_no}"), text
+
+
+def build_web(
+    cfg: WebConfig,
+    path: str,
+    ledger: Ledger,
+    seed: int,
+    val_fraction: float,
+    seen_ids: set[str],
+    stats: dict,
+) -> Iterator[tuple[str, Row]]:
+    kind = "web"
+    for doc_id, text in _iter_text_documents(path, cfg, ledger):
+        stats["web/documents_read"] = stats.get("web/documents_read", 0) + 1
+        if doc_id in seen_ids:
+            ledger.invalid(kind, InputError(path, doc_id, "duplicate_id"))
+            continue
+        seen_ids.add(doc_id)
+        found = detect_sequences(text, cfg.detector)
+        if len(found) < cfg.min_sequences:
+            ledger.note(kind, f"fewer_than_{cfg.min_sequences}_sequences")
+            continue
+        segments = [(s.modality, s.seq) for s in found]
+        stats["web/sequences"] = stats.get("web/sequences", 0) + len(found)
+        yield split_of(seed, doc_id, val_fraction), doc_row(doc_id, kind, segments, path, doc_id)
+
+
+# --- genome pieces (GeneMask recipe) ------------------------------------------------------------
+
+
+@dataclass
+class GenomeConfig:
+    """Genome pieces for MLM pretraining, the GeneMask recipe (REFERENCE.md section 3)."""
+
+    fasta: list[str] = field(default_factory=list)
+    """Genome FASTA files (one record per chromosome; plain or gzipped)."""
+    val_fraction: float = 0.1
+    """Fraction of pieces in the validation split (the recipe: 90/10)."""
+    max_start_offset: int = 1000
+    """Each chromosome starts being cut at a random offset below this."""
+    full_piece_nt: int = 511
+    """Length of a full piece (506 6-mers)."""
+    full_piece_prob: float = 0.5
+    """Probability that a piece is full length; otherwise uniform in [min_piece_nt, full-1]."""
+    min_piece_nt: int = 6
+    """Shortest piece (one 6-mer)."""
+    dedup: bool = True
+    """Remove exact duplicate pieces (kept: the first seen)."""
+
+
+_ACGT = np.zeros(256, dtype=bool)
+_ACGT[np.frombuffer(b"ACGT", dtype=np.uint8)] = True
+_LENGTH_BLOCK = 4096  # piece lengths are drawn in fixed blocks: output independent of chunking
+
+
+class _PieceLengths:
+    """The seeded stream of piece lengths for one chromosome (peek without consuming)."""
+
+    def __init__(self, rng: np.random.Generator, cfg: GenomeConfig) -> None:
+        self.rng, self.cfg = rng, cfg
+        self.buf = np.zeros(0, dtype=np.int64)
+        self.pos = 0
+
+    def peek(self, n: int) -> np.ndarray:
+        while self.buf.size - self.pos < n:
+            full = self.rng.random(_LENGTH_BLOCK) < self.cfg.full_piece_prob
+            short = self.rng.integers(self.cfg.min_piece_nt, self.cfg.full_piece_nt, _LENGTH_BLOCK)
+            block = np.where(full, self.cfg.full_piece_nt, short)
+            self.buf = np.concatenate([self.buf[self.pos :], block])
+            self.pos = 0
+        return self.buf[self.pos : self.pos + n]
+
+    def consume(self, n: int) -> None:
+        self.pos += n
+
+
+def build_genome_pieces(
+    cfg: GenomeConfig,
+    path: str,
+    ledger: Ledger,
+    seed: int,
+    seen_pieces: set[bytes],
+    stats: dict,
+    chunk_bytes: int = 1 << 22,
+    progress=None,
+) -> Iterator[tuple[str, Row]]:
+    """Stream one genome FASTA into pieces; memory O(chunk_bytes) per chromosome.
+
+    Per chromosome: uppercase (soft-masking dropped), delete every N (joining across gaps),
+    skip a random offset < max_start_offset, then cut consecutive pieces; a piece holding any
+    letter other than ACGT (IUPAC ambiguity codes) is dropped and counted; the tail shorter than
+    the next drawn length is dropped and counted in bp. Non-IUPAC characters make the chromosome
+    invalid from that point (raise, or skip the rest of it and count).
+    """
+    kind = "genome"
+    carry = b""
+    lengths: _PieceLengths | None = None
+    skip_left = 0
+    offset = 0  # position of carry[0] in the N-removed chromosome
+    invalid = False
+    chrom = ""
+    seen_chroms: set[str] = set()
+    for chunk in iter_fasta(path, chunk_bytes=chunk_bytes):
+        if progress is not None:
+            progress.update(len(chunk.seq))
+        if chunk.first:
+            chrom = chunk.record_id
+            carry, offset, invalid = b"", 0, False
+            if chrom in seen_chroms:
+                ledger.invalid(kind, InputError(path, chrom, "duplicate_id"))
+                invalid = True
+            seen_chroms.add(chrom)
+            rng = item_rng(seed, kind, chrom)
+            skip_left = int(rng.integers(0, cfg.max_start_offset)) if cfg.max_start_offset else 0
+            lengths = _PieceLengths(rng, cfg)
+            stats["genome/chromosomes"] = stats.get("genome/chromosomes", 0) + 1
+        if invalid:
+            continue
+        raw = chunk.seq.upper()
+        stats["genome/bp_read"] = stats.get("genome/bp_read", 0) + len(raw)
+        seq = raw.replace(b"N", b"")
+        stats["genome/n_removed"] = stats.get("genome/n_removed", 0) + len(raw) - len(seq)
+        bad = first_invalid(seq, "dna")
+        if bad >= 0:
+            ledger.invalid(
+                kind,
+                InputError(
+                    path, chrom, "invalid_character",
+                    f"{chr(seq[bad])!r} at N-removed position {offset + len(carry) + bad + 1}",
+                ),
+            )
+            invalid = True  # the rest of this chromosome is skipped (pieces so far are valid)
+            continue
+        if skip_left:
+            dropped = min(skip_left, len(seq))
+            seq, skip_left = seq[dropped:], skip_left - dropped
+            offset += dropped
+            stats["genome/start_offset_bp"] = stats.get("genome/start_offset_bp", 0) + dropped
+        buf = carry + seq
+        consumed = yield from _cut(
+            buf, offset, lengths, cfg, chrom, path, ledger, seed, seen_pieces, stats
+        )
+        carry = buf[consumed:]
+        offset += consumed
+        if chunk.last:
+            stats["genome/tail_bp_dropped"] = stats.get("genome/tail_bp_dropped", 0) + len(carry)
+            carry = b""
+
+
+def _cut(buf, offset, lengths, cfg, chrom, path, ledger, seed, seen_pieces, stats):
+    """Yield every whole piece that fits in `buf`; return the number of bytes consumed.
+
+    Lengths are peeked in batches and only the ones used are consumed, so the tail carried to
+    the next chunk is cut with the same lengths it would get in one big buffer.
+    """
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    bad_prefix = np.concatenate([[0], np.cumsum(~_ACGT[arr])])
+    batch = len(buf) // cfg.min_piece_nt + 1  # no more pieces than this can fit
+    pos = 0
+    while True:
+        ends = pos + np.cumsum(lengths.peek(min(batch, 1 << 16)))
+        fit = int(np.searchsorted(ends, len(buf), side="right"))
+        if fit == 0:
+            return pos
+        lengths.consume(fit)
+        ends = ends[:fit]
+        starts = np.concatenate([[pos], ends[:-1]])
+        nonacgt = bad_prefix[ends] - bad_prefix[starts]
+        for s, e, nb in zip(starts.tolist(), ends.tolist(), nonacgt.tolist(), strict=True):
+            piece = buf[s:e]
+            if nb:
+                ledger.note("genome", "piece_with_non_acgt_dropped")
+                continue
+            if cfg.dedup:
+                digest = hashlib.blake2b(piece, digest_size=16).digest()
+                if digest in seen_pieces:
+                    ledger.note("genome", "duplicate_piece_dropped")
+                    continue
+                seen_pieces.add(digest)
+            u = stable_hash("genome-split", seed, piece) / 2.0**64
+            split = "val" if u < cfg.val_fraction else "train"
+            stats["genome/pieces"] = stats.get("genome/pieces", 0) + 1
+            yield split, {
+                "piece_id": f"{chrom}:{offset + s}",
+                "chrom": chrom,
+                "offset": offset + s,
+                "seq": piece.decode("ascii"),
+                "num_kmers": e - s - 5,
+                "source_file": path,
+            }
+        pos = int(ends[-1])

@@ -1,0 +1,246 @@
+"""`prepare_dataset`: run every builder over the configured inputs and publish a dataset.
+
+The dataset is built in a staging directory beside `output_dir` and renamed into place only
+when every shard and the manifest are written: a crash or an `--on-invalid error` stop leaves
+the previous dataset (if any) untouched and no half-built one under the final name.
+
+Imports Biopython, numpy, pyarrow, tqdm; no ray, torch or mlflow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from tqdm import tqdm
+
+from bsm_ray.config import to_dict
+from bsm_ray.data.builders import (
+    GenePairsConfig,
+    GenomeConfig,
+    RefSeqConfig,
+    SingleInput,
+    WebConfig,
+    build_gene_pairs,
+    build_genome_pieces,
+    build_refseq_pairs,
+    build_single,
+    build_web,
+)
+from bsm_ray.data.records import Ledger
+from bsm_ray.data.shards import (
+    DOC_KINDS,
+    GENOME_KIND,
+    SPLITS,
+    ShardWriter,
+    build_manifest,
+    write_manifest,
+)
+from bsm_ray.errors import BsmRayError, InputError
+from bsm_ray.fileio import sha256_file
+from bsm_ray.tokenizers import BsmCharTokenizer, KmerTokenizer
+
+
+@dataclass
+class PrepareConfig:
+    """Config of `jobs/prepare_data.py` (YAML + `--set`)."""
+
+    output_dir: str = "data/sample"
+    """Where the dataset (shards + manifest.json) is published."""
+    sample: bool = True
+    """Use the embedded sample corpus as input (built on first use; see data/samples.py).
+    Inputs listed below are added to it. Set false to ingest only your own files."""
+    sample_synthetic_genome_bp: int = 200_000
+    """Size of the seeded synthetic genome added to the sample corpus."""
+    seed: int = 0
+    """Seed of every random choice (pair composition and order, splits, genome pieces)."""
+    on_invalid: Literal["error", "skip"] = "error"
+    """error: stop at the first invalid record; skip: count it per reason and go on."""
+    overwrite: bool = True
+    """Replace an existing dataset at output_dir (atomically) instead of refusing."""
+    val_fraction: float = 0.02
+    """Fraction of documents (by group: record, gene, document) in the val split."""
+    max_doc_letters: int = 1_000_000
+    """Single-modal records longer than this become several documents."""
+    rows_per_shard: int = 50_000
+    """Rows per Parquet shard (shards also close at 256 MiB of text)."""
+    single: list[SingleInput] = field(default_factory=list)
+    """Single-modal FASTA inputs."""
+    refseq: RefSeqConfig = field(default_factory=RefSeqConfig)
+    gene_pairs: GenePairsConfig = field(default_factory=GenePairsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    genome: GenomeConfig = field(default_factory=GenomeConfig)
+    progress: bool = True
+    """Show progress bars (stderr)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class PrepareResult:
+    output_dir: Path
+    manifest: dict
+    seconds: float
+
+    def summary(self) -> str:
+        m = self.manifest
+        lines = [f"dataset {self.output_dir}  sha256 {m['dataset_sha256'][:16]}  "
+                 f"({self.seconds:.1f} s)"]
+        lines.append(f"  {'kind':16s} {'split':5s} {'rows':>10s} {'tokens':>14s}")
+        for kind, splits in m["totals"].items():
+            for split, t in splits.items():
+                lines.append(f"  {kind:16s} {split:5s} {t['rows']:>10,d} {t['tokens']:>14,d}")
+        ledger = Ledger()
+        for table_name in ("skipped", "notes"):
+            for kind, counts in m["ledger"][table_name].items():
+                getattr(ledger, table_name)[kind].update(counts)
+        extra = ledger.summary_lines()
+        if extra:
+            lines.append("  accounted for, not written as rows:")
+            lines.extend(extra)
+        return "\n".join(lines)
+
+
+def _input_entry(path: str, kind: str, synthetic: bool = False) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(path, None, "file_not_found")
+    return {
+        "path": str(p),
+        "kind": kind,
+        "bytes": p.stat().st_size,
+        "sha256": sha256_file(p),
+        "synthetic": synthetic,
+    }
+
+
+def prepare_dataset(config: PrepareConfig) -> PrepareResult:
+    """Build and publish the dataset described by `config`; return its manifest."""
+    t0 = time.time()
+    synthetic_paths: set[str] = set()
+    if config.sample:
+        from bsm_ray.data.samples import sample_prepare_inputs
+
+        config, synthetic_paths = sample_prepare_inputs(config)
+
+    inputs = (
+        [_input_entry(s.path, f"single_{s.modality}", s.path in synthetic_paths)
+         for s in config.single]
+        + [_input_entry(p, "refseq_pair", p in synthetic_paths) for p in config.refseq.genbank]
+        + ([_input_entry(config.gene_pairs.tsv, "gene_pair", config.gene_pairs.tsv in synthetic_paths)]
+           if config.gene_pairs.tsv else [])
+        + [_input_entry(p, "gene_pair", p in synthetic_paths) for p in config.gene_pairs.fasta]
+        + [_input_entry(p, "web", p in synthetic_paths) for p in config.web.documents]
+        + [_input_entry(p, GENOME_KIND, p in synthetic_paths) for p in config.genome.fasta]
+    )  # fmt: skip
+
+    final = Path(config.output_dir)
+    if final.exists() and not config.overwrite:
+        raise BsmRayError(f"{final}: exists (set overwrite: true to replace it)")
+    staging = final.with_name(f".{final.name}.staging-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+
+    ledger = Ledger(on_invalid=config.on_invalid)
+    stats: dict = {}
+    warning_counts: Counter = Counter()
+    writers = {
+        (kind, split): ShardWriter(staging, kind, split, rows_per_shard=config.rows_per_shard)
+        for kind in (*DOC_KINDS, GENOME_KIND)
+        for split in SPLITS
+    }
+    bar = tqdm(
+        total=len(inputs), desc="prepare", unit="file", disable=not config.progress,
+        file=sys.stderr, dynamic_ncols=True,
+    )
+
+    def emit(kind: str, rows) -> None:
+        for split, row in rows:
+            writers[(kind, split)].add(row)
+        bar.update(1)
+
+    try:
+        seen: dict[str, set] = {k: set() for k in (*DOC_KINDS, GENOME_KIND)}
+        for spec in config.single:
+            kind = f"single_{spec.modality}"
+            bar.set_postfix_str(Path(spec.path).name)
+            emit(kind, _guard(kind, ledger, build_single(
+                spec, ledger, config.seed, config.val_fraction, config.max_doc_letters,
+                seen[kind], stats)))
+        for path in config.refseq.genbank:
+            bar.set_postfix_str(Path(path).name)
+            emit("refseq_pair", _guard("refseq_pair", ledger, build_refseq_pairs(
+                config.refseq, path, ledger, config.seed, config.val_fraction,
+                seen["refseq_pair"], stats, warning_counts)))
+        if config.gene_pairs.tsv:
+            bar.set_postfix_str(Path(config.gene_pairs.tsv).name)
+            emit("gene_pair", build_gene_pairs(
+                config.gene_pairs, ledger, config.seed, config.val_fraction, stats))
+            bar.update(len(config.gene_pairs.fasta))
+        for path in config.web.documents:
+            bar.set_postfix_str(Path(path).name)
+            emit("web", _guard("web", ledger, build_web(
+                config.web, path, ledger, config.seed, config.val_fraction, seen["web"], stats)))
+        genome_seen: set[bytes] = set()
+        for path in config.genome.fasta:
+            bar.set_postfix_str(Path(path).name)
+            with tqdm(desc=f"  {Path(path).name}", unit="bp", unit_scale=True, leave=False,
+                      disable=not config.progress, file=sys.stderr) as bp_bar:
+                emit(GENOME_KIND, _guard(GENOME_KIND, ledger, build_genome_pieces(
+                    config.genome, path, ledger, config.seed, genome_seen, stats,
+                    progress=bp_bar)))
+        for w in writers.values():
+            w.close()
+        bar.close()
+        ledger_dict = ledger.as_dict()
+        if warning_counts:
+            ledger_dict["parser_warnings"] = dict(warning_counts)
+        manifest = build_manifest(
+            config=to_dict(config),
+            tokenizers={
+                "bsm-char": BsmCharTokenizer().fingerprint(),
+                "kmer-6": KmerTokenizer(6).fingerprint(),
+            },
+            inputs=inputs,
+            writers=[w for w in writers.values() if w.shards],
+            ledger=ledger_dict,
+            stats=stats,
+        )
+        write_manifest(staging, manifest)
+        _publish(staging, final)
+    except BaseException:
+        bar.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return PrepareResult(final, manifest.__dict__, time.time() - t0)
+
+
+def _guard(kind: str, ledger: Ledger, rows):
+    """Turn a whole-file failure (malformed file) into a counted skip in `skip` mode.
+
+    Rows already produced from the file before the failure are kept (they were valid).
+    """
+    try:
+        yield from rows
+    except InputError as exc:
+        ledger.invalid(kind, exc)
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Swap the staging directory into place; the old dataset is removed only afterwards."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
