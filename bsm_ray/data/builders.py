@@ -263,6 +263,11 @@ def build_refseq_pairs(
             ledger.invalid(kind, InputError(path, rid, "duplicate_id"))
             continue
         seen_ids.add(rid)
+        if record.annotations.get("molecule_type", "").lower() == "protein":
+            ledger.invalid(kind, InputError(
+                path, rid, "protein_record",
+                "a GenPept (protein) record: its CDS points into a nucleotide record not given"))
+            continue
         try:
             record_seq = record.seq.upper()
             str(record_seq[:1])  # touch: raises if the record has no sequence data
@@ -422,14 +427,13 @@ def build_gene_pairs(
             wanted[acc] = (gene_id, modality)
     # Stream the FASTA files once, keeping only the sequences the map asks for.
     found: dict[str, tuple[str, str, str]] = {}  # accession -> (modality, seq, path)
+    rejected: set[str] = set()
+    versionless = {a.split(".")[0]: a for a in wanted}
     for path in config.fasta:
         for rid, _desc, _idx, seq in read_fasta_records(path):
-            key = rid if rid in wanted else rid.split(".")[0]
-            if key not in wanted:
-                versionless = {a.split(".")[0]: a for a in wanted}
-                key = versionless.get(rid.split(".")[0], "")
-                if not key:
-                    continue
+            key = rid if rid in wanted else versionless.get(rid.split(".")[0], "")
+            if not key:
+                continue
             if key in found:
                 ledger.invalid(kind, InputError(path, rid, "duplicate_id"))
                 continue
@@ -442,6 +446,7 @@ def build_gene_pairs(
                 validate_sequence(seq, modality, path, rid)
             except InputError as exc:
                 ledger.invalid(kind, exc)
+                rejected.add(key)  # counted once, as invalid, not again as missing
                 continue
             found[key] = (modality, seq, path)
     for gene_id in sorted(genes):
@@ -449,7 +454,7 @@ def build_gene_pairs(
         for acc, _mod in genes[gene_id]:
             if acc in found:
                 members.append((acc, found[acc]))
-            elif acc not in {a for a, _ in members}:
+            elif acc not in rejected:
                 ledger.invalid(
                     kind, InputError(config.tsv, f"gene {gene_id}", "accession_not_found", acc)
                 )

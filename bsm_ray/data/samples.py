@@ -42,10 +42,11 @@ import numpy as np
 from bsm_ray.errors import SampleDataUnavailable
 from bsm_ray.fileio import atomic_path, atomic_write_text
 
-SAMPLE_FORMAT = 1  # bump when the derived sample inputs change
+SAMPLE_FORMAT = 2  # bump when the derived sample inputs change
 
 # Real, well-formed GenBank records with CDS features (Tests/GenBank of Biopython's sdist).
-REAL_GENBANK = ("NC_005816.gb", "NC_000932.gb", "arab1.gb", "cor6_6.gb", "iro.gb", "pri1.gb")
+REAL_GENBANK = ("NC_005816.gb", "NC_000932.gb", "arab1.gb", "cor6_6.gb", "EU851978.gbk",
+                "HM138502.gbk", "KF527485.gbk", "gbvrl1_start.seq")
 REAL_DNA_FASTA = ("GenBank/NC_005816.fna", "Fasta/lupine.nu", "Fasta/elderberry.nu",
                   "Fasta/phlox.nu", "Fasta/sweetpea.nu", "Fasta/wisteria.nu")  # fmt: skip
 REAL_PROTEIN_FASTA = ("GenBank/NC_005816.faa", "GenBank/NC_000932.faa", "Fasta/aster.pro",
