@@ -125,17 +125,13 @@ def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = path or cls.__name__
-        raise ConfigError(
-            f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}"
-        )
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(fields)}")
     kwargs = {}
     for name, field in fields.items():
         dotted = f"{path}.{name}" if path else name
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], dotted)
-        elif (
-            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-        ):
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{dotted}: required and not given")
     try:
         return cls(**kwargs)

@@ -55,7 +55,9 @@ def test_piece_length_distribution(two_mbp):
     for _s, row in out[:50]:
         assert seq[row["offset"] : row["offset"] + len(row["seq"])] == row["seq"]
     # every base accounted for: start offset + pieces + dropped tail
-    assert stats["genome/start_offset_bp"] + lengths.sum() + stats["genome/tail_bp_dropped"] == len(seq)
+    assert stats["genome/start_offset_bp"] + lengths.sum() + stats["genome/tail_bp_dropped"] == len(
+        seq
+    )
     # 90/10 split
     val = np.mean([s == "val" for s, _ in out])
     assert abs(val - 0.1) < 0.02

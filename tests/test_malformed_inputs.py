@@ -39,7 +39,9 @@ def test_every_file_of_biopythons_genbank_corpus_is_handled(genbank_dir):
             skip = Ledger(on_invalid="skip")
             try:
                 list(
-                    build_refseq_pairs(RefSeqConfig(), str(path), skip, 0, 0.1, set(), {}, Counter())
+                    build_refseq_pairs(
+                        RefSeqConfig(), str(path), skip, 0, 0.1, set(), {}, Counter()
+                    )
                 )
             except InputError as whole_file:  # unparseable file: the caller counts it
                 skip.invalid("refseq_pair", whole_file)
@@ -81,9 +83,11 @@ def test_skip_mode_counts_every_malformed_genbank_file(tmp_path, genbank_dir):
     skipped = result.manifest["ledger"]["skipped"]["refseq_pair"]
     # one_of.gb has two CDS pointing into other records, negative_location.gb one
     assert skipped == {"bad_cds_location": 3, "malformed_genbank": 2}
-    assert result.manifest["totals"]["refseq_pair"]["train"]["rows"] + result.manifest["totals"][
-        "refseq_pair"
-    ].get("val", {"rows": 0})["rows"] == 10
+    assert (
+        result.manifest["totals"]["refseq_pair"]["train"]["rows"]
+        + result.manifest["totals"]["refseq_pair"].get("val", {"rows": 0})["rows"]
+        == 10
+    )
     assert "skipped" in result.summary() and "malformed_genbank" in result.summary()
 
 
@@ -134,7 +138,11 @@ def test_rna_alphabet_and_t_to_u(tmp_path):
 
 def test_long_record_splits_into_parts_and_invalid_tail_loses_whole_record(tmp_path):
     seq = "ACGT" * 600  # 2400 letters, max_doc_letters 1000 -> 3 parts
-    path = _fasta(tmp_path, "long.fna", ">chr\n" + "\n".join(seq[i:i+60] for i in range(0, 2400, 60)) + "\n")
+    path = _fasta(
+        tmp_path,
+        "long.fna",
+        ">chr\n" + "\n".join(seq[i : i + 60] for i in range(0, 2400, 60)) + "\n",
+    )
     rows, _ = _single(path, modality="dna")
     assert [r["doc_id"] for r in rows] == ["chr/part0", "chr/part1", "chr/part2"]
     assert "".join(r["text"].removeprefix("<dna>") for r in rows) == seq
@@ -149,7 +157,11 @@ def test_fasta_reader_matches_biopython_on_its_corpus(bio_tests):
 
     checked = 0
     for path in sorted((bio_tests / "Fasta").iterdir()):
-        if path.suffix not in (".nu", ".pro", ".fa", ".fasta", ".gz") and path.name not in ("f001", "f002", "fa01"):
+        if path.suffix not in (".nu", ".pro", ".fa", ".fasta", ".gz") and path.name not in (
+            "f001",
+            "f002",
+            "fa01",
+        ):
             continue
         handle = gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
         with handle:

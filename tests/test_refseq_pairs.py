@@ -18,7 +18,9 @@ from bsm_ray.tokenizers import BsmCharTokenizer
 def _segments(text: str) -> list[tuple[str, str]]:
     return [
         (m.group(1), m.group(2))
-        for m in (re.fullmatch(r"<(dna|rna|protein)>([A-Z*]+)", part) for part in text.split("<sep>"))
+        for m in (
+            re.fullmatch(r"<(dna|rna|protein)>([A-Z*]+)", part) for part in text.split("<sep>")
+        )
     ]
 
 
@@ -101,9 +103,7 @@ def test_shuffled_combinations_cover_every_arrangement_equally():
     members = [("dna", "D"), ("rna", "R"), ("protein", "P")]
     rng = np.random.default_rng(0)
     n = 24_000
-    counts = Counter(
-        tuple(m for m, _ in shuffled_combination(rng, members)) for _ in range(n)
-    )
+    counts = Counter(tuple(m for m, _ in shuffled_combination(rng, members)) for _ in range(n))
     # 6 ordered pairs + 6 orders of the triple, each with probability 1/12.
     assert len(counts) == 12
     assert set(counts) == {
@@ -116,9 +116,7 @@ def test_shuffled_combinations_cover_every_arrangement_equally():
     sigma = (n * (1 / 12) * (11 / 12)) ** 0.5
     for arrangement, count in counts.items():
         assert abs(count - expected) < 4.5 * sigma, (arrangement, count)
-    two = Counter(
-        tuple(m for m, _ in shuffled_combination(rng, members[1:])) for _ in range(2000)
-    )
+    two = Counter(tuple(m for m, _ in shuffled_combination(rng, members[1:])) for _ in range(2000))
     assert set(two) == {("rna", "protein"), ("protein", "rna")}
     assert abs(two[("rna", "protein")] - 1000) < 150
 

@@ -70,9 +70,15 @@ def test_web_keeps_documents_with_three_or_more_sequences(tmp_path):
     assert [r["doc_id"] for r in rows] == ["d1"]
     assert rows[0]["text"] == f"<dna>{DNA60}<sep><protein>{PROT}<sep><dna>{DNA60[::-1]}"
     assert rows[0]["modalities"] == ["dna", "protein", "dna"]
-    assert dict(ledger.skipped["web"]) == {"malformed_json": 1, "missing_text": 1, "duplicate_id": 1}
+    assert dict(ledger.skipped["web"]) == {
+        "malformed_json": 1,
+        "missing_text": 1,
+        "duplicate_id": 1,
+    }
     assert dict(ledger.notes["web"]) == {"fewer_than_3_sequences": 1}
-    assert any(f"{path}: record line 3: malformed_json" in e for e in ledger.examples["web/malformed_json"])
+    assert any(
+        f"{path}: record line 3: malformed_json" in e for e in ledger.examples["web/malformed_json"]
+    )
 
 
 def test_web_reads_parquet_text_column(tmp_path):
@@ -98,7 +104,8 @@ def test_partition_never_leaves_a_singleton():
 def test_gene_pairs_group_pair_and_account_for_everything(tmp_path):
     fasta = tmp_path / "seqs.fa"
     fasta.write_text(
-        ">NM_000001.2 mrna\nATGAAACCC\n>NP_000001.1 protein\nMKP\n>NC_000001.11 dna\nGGATGAAACCCTT\n"
+        ">NM_000001.2 mrna\nATGAAACCC\n>NP_000001.1 protein\nMKP\n"
+        ">NC_000001.11 dna\nGGATGAAACCCTT\n"
         ">NP_000002.1\nMAAA\n>NM_000003.1\nATGJ\n>NP_000003.1\nMA\n"
     )
     tsv = tmp_path / "map.tsv"

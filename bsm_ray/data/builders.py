@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -50,6 +50,11 @@ from bsm_ray.tokenizers.char import BsmCharTokenizer, format_document
 
 Row = dict
 _TOKENIZER = BsmCharTokenizer()
+
+
+def _expand(paths: list[str]) -> list[str]:
+    """'~' in config paths means the user's home, as in a shell."""
+    return [os.path.expanduser(p) for p in paths]
 
 
 def stable_hash(*parts: object) -> int:
@@ -117,6 +122,7 @@ class SingleInput:
     """For RNA files written in DNA letters (cDNA): convert T to U before validation."""
 
     def __post_init__(self) -> None:
+        self.path = os.path.expanduser(self.path)
         if self.modality not in ("dna", "rna", "protein"):
             raise ValueError(f"modality must be dna, rna or protein, got {self.modality!r}")
 
@@ -201,6 +207,9 @@ class RefSeqConfig:
     """Annotated exceptions under which a /translation that differs from Biopython's
     translation is kept (and noted by reason) instead of rejected."""
 
+    def __post_init__(self) -> None:
+        self.genbank = _expand(self.genbank)
+
 
 def _feature_label(feature, index: int) -> str:
     q = feature.qualifiers
@@ -264,9 +273,15 @@ def build_refseq_pairs(
             continue
         seen_ids.add(rid)
         if record.annotations.get("molecule_type", "").lower() == "protein":
-            ledger.invalid(kind, InputError(
-                path, rid, "protein_record",
-                "a GenPept (protein) record: its CDS points into a nucleotide record not given"))
+            ledger.invalid(
+                kind,
+                InputError(
+                    path,
+                    rid,
+                    "protein_record",
+                    "a GenPept (protein) record: its CDS points into a nucleotide record not given",
+                ),
+            )
             continue
         try:
             record_seq = record.seq.upper()
@@ -300,9 +315,7 @@ def build_refseq_pairs(
             annotated = q.get("translation", [None])[0]
             if annotated is None:
                 if problem:
-                    ledger.invalid(
-                        kind, InputError(path, where, "untranslatable_cds", problem)
-                    )
+                    ledger.invalid(kind, InputError(path, where, "untranslatable_cds", problem))
                     continue
                 protein = ours
                 ledger.note(kind, "translation_from_sequence", where)
@@ -364,9 +377,13 @@ class GenePairsConfig:
     """Gene-related sequences: a TSV mapping gene id -> accession, and FASTA files holding them."""
 
     tsv: str | None = None
-    """Tab-separated: gene_id, accession[, modality]; a header line starting 'gene_id' is skipped."""
+    """Tab-separated gene_id, accession[, modality]; a first line starting 'gene_id' is a header."""
     fasta: list[str] = field(default_factory=list)
     """FASTA files holding the accessions (matched with and without the .version suffix)."""
+
+    def __post_init__(self) -> None:
+        self.tsv = os.path.expanduser(self.tsv) if self.tsv else self.tsv
+        self.fasta = _expand(self.fasta)
 
 
 # RefSeq accession prefixes -> modality (NCBI RefSeq conventions).
@@ -395,8 +412,12 @@ def _read_gene_map(path: str, ledger: Ledger) -> dict[str, list[tuple[str, str |
             if len(cols) not in (2, 3) or not cols[0].strip() or not cols[1].strip():
                 ledger.invalid(
                     kind,
-                    InputError(path, f"line {line_no}", "malformed_tsv_line",
-                               "expected gene_id<TAB>accession[<TAB>modality]"),
+                    InputError(
+                        path,
+                        f"line {line_no}",
+                        "malformed_tsv_line",
+                        "expected gene_id<TAB>accession[<TAB>modality]",
+                    ),
                 )
                 continue
             modality = cols[2].strip().lower() if len(cols) == 3 else None
@@ -472,8 +493,11 @@ def build_gene_pairs(
             segments = [(m, s) for _acc, (m, s, _p) in chosen]
             accs = ",".join(acc for acc, _ in chosen)
             stats["gene_pair/docs"] = stats.get("gene_pair/docs", 0) + 1
-            yield split, doc_row(
-                f"{gene_id}|{g}", kind, segments, chosen[0][1][2], f"gene {gene_id}: {accs}"
+            yield (
+                split,
+                doc_row(
+                    f"{gene_id}|{g}", kind, segments, chosen[0][1][2], f"gene {gene_id}: {accs}"
+                ),
             )
 
 
@@ -505,6 +529,9 @@ class WebConfig:
     min_sequences: int = 3
     """Keep documents with at least this many detected sequences (the paper: 3)."""
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+
+    def __post_init__(self) -> None:
+        self.documents = _expand(self.documents)
 
 
 def _iter_text_documents(path: str, cfg: WebConfig, ledger: Ledger) -> Iterator[tuple[str, str]]:
@@ -594,6 +621,13 @@ class GenomeConfig:
     dedup: bool = True
     """Remove exact duplicate pieces (kept: the first seen)."""
 
+    def __post_init__(self) -> None:
+        self.fasta = _expand(self.fasta)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 6 <= self.min_piece_nt < self.full_piece_nt:
+            raise ValueError("need 6 <= min_piece_nt < full_piece_nt")
+
 
 _ACGT = np.zeros(256, dtype=bool)
 _ACGT[np.frombuffer(b"ACGT", dtype=np.uint8)] = True
@@ -672,7 +706,9 @@ def build_genome_pieces(
             ledger.invalid(
                 kind,
                 InputError(
-                    path, chrom, "invalid_character",
+                    path,
+                    chrom,
+                    "invalid_character",
                     f"{chr(seq[bad])!r} at N-removed position {offset + len(carry) + bad + 1}",
                 ),
             )
@@ -727,12 +763,15 @@ def _cut(buf, offset, lengths, cfg, chrom, path, ledger, seed, seen_pieces, stat
             u = stable_hash("genome-split", seed, piece) / 2.0**64
             split = "val" if u < cfg.val_fraction else "train"
             stats["genome/pieces"] = stats.get("genome/pieces", 0) + 1
-            yield split, {
-                "piece_id": f"{chrom}:{offset + s}",
-                "chrom": chrom,
-                "offset": offset + s,
-                "seq": piece.decode("ascii"),
-                "num_kmers": e - s - 5,
-                "source_file": path,
-            }
+            yield (
+                split,
+                {
+                    "piece_id": f"{chrom}:{offset + s}",
+                    "chrom": chrom,
+                    "offset": offset + s,
+                    "seq": piece.decode("ascii"),
+                    "num_kmers": e - s - 5,
+                    "source_file": path,
+                },
+            )
         pos = int(ends[-1])

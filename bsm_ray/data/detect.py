@@ -99,9 +99,7 @@ def detect_sequences(text: str, config: DetectorConfig | None = None) -> list[De
             # A block continues the run only if the previous block was long enough to be a
             # full line/group of a sequence (a short block ends a sequence).
             continues = (
-                kind is not None
-                and kind == run_kind
-                and len(run_blocks[-1]) >= cfg.min_block_len
+                kind is not None and kind == run_kind and len(run_blocks[-1]) >= cfg.min_block_len
             )
             if not continues:
                 close_run()

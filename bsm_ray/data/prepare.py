@@ -92,8 +92,9 @@ class PrepareResult:
 
     def summary(self) -> str:
         m = self.manifest
-        lines = [f"dataset {self.output_dir}  sha256 {m['dataset_sha256'][:16]}  "
-                 f"({self.seconds:.1f} s)"]
+        lines = [
+            f"dataset {self.output_dir}  sha256 {m['dataset_sha256'][:16]}  ({self.seconds:.1f} s)"
+        ]
         lines.append(f"  {'kind':16s} {'split':5s} {'rows':>10s} {'tokens':>14s}")
         for kind, splits in m["totals"].items():
             for split, t in splits.items():
@@ -131,16 +132,14 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
 
         config, synthetic_paths = sample_prepare_inputs(config)
 
-    inputs = (
-        [_input_entry(s.path, f"single_{s.modality}", s.path in synthetic_paths)
-         for s in config.single]
-        + [_input_entry(p, "refseq_pair", p in synthetic_paths) for p in config.refseq.genbank]
-        + ([_input_entry(config.gene_pairs.tsv, "gene_pair", config.gene_pairs.tsv in synthetic_paths)]
-           if config.gene_pairs.tsv else [])
-        + [_input_entry(p, "gene_pair", p in synthetic_paths) for p in config.gene_pairs.fasta]
-        + [_input_entry(p, "web", p in synthetic_paths) for p in config.web.documents]
-        + [_input_entry(p, GENOME_KIND, p in synthetic_paths) for p in config.genome.fasta]
-    )  # fmt: skip
+    named = (
+        [(s.path, f"single_{s.modality}") for s in config.single]
+        + [(p, "refseq_pair") for p in config.refseq.genbank]
+        + [(p, "gene_pair") for p in [config.gene_pairs.tsv, *config.gene_pairs.fasta] if p]
+        + [(p, "web") for p in config.web.documents]
+        + [(p, GENOME_KIND) for p in config.genome.fasta]
+    )
+    inputs = [_input_entry(path, kind, path in synthetic_paths) for path, kind in named]
 
     final = Path(config.output_dir)
     if final.exists() and not config.overwrite:
@@ -159,8 +158,12 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
         for split in SPLITS
     }
     bar = tqdm(
-        total=len(inputs), desc="prepare", unit="file", disable=not config.progress,
-        file=sys.stderr, dynamic_ncols=True,
+        total=len(inputs),
+        desc="prepare",
+        unit="file",
+        disable=not config.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
     )
 
     def emit(kind: str, rows) -> None:
@@ -173,31 +176,95 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
         for spec in config.single:
             kind = f"single_{spec.modality}"
             bar.set_postfix_str(Path(spec.path).name)
-            emit(kind, _guard(kind, ledger, build_single(
-                spec, ledger, config.seed, config.val_fraction, config.max_doc_letters,
-                seen[kind], stats)))
+            emit(
+                kind,
+                _guard(
+                    kind,
+                    ledger,
+                    build_single(
+                        spec,
+                        ledger,
+                        config.seed,
+                        config.val_fraction,
+                        config.max_doc_letters,
+                        seen[kind],
+                        stats,
+                    ),
+                ),
+            )
         for path in config.refseq.genbank:
             bar.set_postfix_str(Path(path).name)
-            emit("refseq_pair", _guard("refseq_pair", ledger, build_refseq_pairs(
-                config.refseq, path, ledger, config.seed, config.val_fraction,
-                seen["refseq_pair"], stats, warning_counts)))
+            emit(
+                "refseq_pair",
+                _guard(
+                    "refseq_pair",
+                    ledger,
+                    build_refseq_pairs(
+                        config.refseq,
+                        path,
+                        ledger,
+                        config.seed,
+                        config.val_fraction,
+                        seen["refseq_pair"],
+                        stats,
+                        warning_counts,
+                    ),
+                ),
+            )
         if config.gene_pairs.tsv:
             bar.set_postfix_str(Path(config.gene_pairs.tsv).name)
-            emit("gene_pair", build_gene_pairs(
-                config.gene_pairs, ledger, config.seed, config.val_fraction, stats))
+            emit(
+                "gene_pair",
+                build_gene_pairs(
+                    config.gene_pairs, ledger, config.seed, config.val_fraction, stats
+                ),
+            )
             bar.update(len(config.gene_pairs.fasta))
         for path in config.web.documents:
             bar.set_postfix_str(Path(path).name)
-            emit("web", _guard("web", ledger, build_web(
-                config.web, path, ledger, config.seed, config.val_fraction, seen["web"], stats)))
+            emit(
+                "web",
+                _guard(
+                    "web",
+                    ledger,
+                    build_web(
+                        config.web,
+                        path,
+                        ledger,
+                        config.seed,
+                        config.val_fraction,
+                        seen["web"],
+                        stats,
+                    ),
+                ),
+            )
         genome_seen: set[bytes] = set()
         for path in config.genome.fasta:
             bar.set_postfix_str(Path(path).name)
-            with tqdm(desc=f"  {Path(path).name}", unit="bp", unit_scale=True, leave=False,
-                      disable=not config.progress, file=sys.stderr) as bp_bar:
-                emit(GENOME_KIND, _guard(GENOME_KIND, ledger, build_genome_pieces(
-                    config.genome, path, ledger, config.seed, genome_seen, stats,
-                    progress=bp_bar)))
+            with tqdm(
+                desc=f"  {Path(path).name}",
+                unit="bp",
+                unit_scale=True,
+                leave=False,
+                disable=not config.progress,
+                file=sys.stderr,
+            ) as bp_bar:
+                emit(
+                    GENOME_KIND,
+                    _guard(
+                        GENOME_KIND,
+                        ledger,
+                        build_genome_pieces(
+                            config.genome,
+                            path,
+                            ledger,
+                            config.seed,
+                            genome_seen,
+                            stats,
+                            progress=bp_bar,
+                        ),
+                    ),
+                )
         for w in writers.values():
             w.close()
         bar.close()

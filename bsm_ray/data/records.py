@@ -140,7 +140,9 @@ def iter_fasta(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[FastaCh
                     yield FastaChunk(record_id, description, index, b"".join(buf), first, True)
                 title = line[1:].strip().decode("utf-8", errors="replace")
                 if not title:
-                    raise InputError(path, f"#{index + 2}", "malformed_fasta", f"empty header at line {line_no}")
+                    raise InputError(
+                        path, f"#{index + 2}", "malformed_fasta", f"empty header at line {line_no}"
+                    )
                 index += 1
                 record_id = title.split(None, 1)[0]
                 description = title
@@ -151,9 +153,14 @@ def iter_fasta(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[FastaCh
                 continue
             if record_id is None:
                 if line_no == 1 and stripped.startswith((b"LOCUS", b"ID ")):
-                    raise InputError(path, None, "malformed_fasta", "looks like GenBank/EMBL, not FASTA")
+                    raise InputError(
+                        path, None, "malformed_fasta", "looks like GenBank/EMBL, not FASTA"
+                    )
                 raise InputError(
-                    path, None, "malformed_fasta", f"sequence data before the first '>' header (line {line_no})"
+                    path,
+                    None,
+                    "malformed_fasta",
+                    f"sequence data before the first '>' header (line {line_no})",
                 )
             # Remove interior whitespace (some files space-separate blocks of letters).
             if b" " in stripped or b"\t" in stripped:
@@ -173,8 +180,11 @@ def read_fasta_records(path: str | Path) -> Iterator[tuple[str, str, int, str]]:
     for chunk in iter_fasta(path):
         parts.append(chunk.seq)
         if chunk.last:
-            yield chunk.record_id, chunk.description, chunk.index, b"".join(parts).decode(
-                "ascii", errors="replace"
+            yield (
+                chunk.record_id,
+                chunk.description,
+                chunk.index,
+                b"".join(parts).decode("ascii", errors="replace"),
             )
             parts = []
 

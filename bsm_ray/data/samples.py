@@ -45,8 +45,16 @@ from bsm_ray.fileio import atomic_path, atomic_write_text
 SAMPLE_FORMAT = 2  # bump when the derived sample inputs change
 
 # Real, well-formed GenBank records with CDS features (Tests/GenBank of Biopython's sdist).
-REAL_GENBANK = ("NC_005816.gb", "NC_000932.gb", "arab1.gb", "cor6_6.gb", "EU851978.gbk",
-                "HM138502.gbk", "KF527485.gbk", "gbvrl1_start.seq")
+REAL_GENBANK = (
+    "NC_005816.gb",
+    "NC_000932.gb",
+    "arab1.gb",
+    "cor6_6.gb",
+    "EU851978.gbk",
+    "HM138502.gbk",
+    "KF527485.gbk",
+    "gbvrl1_start.seq",
+)
 REAL_DNA_FASTA = ("GenBank/NC_005816.fna", "Fasta/lupine.nu", "Fasta/elderberry.nu",
                   "Fasta/phlox.nu", "Fasta/sweetpea.nu", "Fasta/wisteria.nu")  # fmt: skip
 REAL_PROTEIN_FASTA = ("GenBank/NC_005816.faa", "GenBank/NC_000932.faa", "Fasta/aster.pro",
@@ -66,12 +74,26 @@ def biopython_tests_dir() -> Path:
     target = cache_dir() / f"biopython-{version}-tests"
     if (target / "GenBank" / "NC_000932.gb").is_file():
         return target
-    with tempfile.TemporaryDirectory(dir=cache_dir().parent if cache_dir().exists() else None) as tmp:
+    with tempfile.TemporaryDirectory(
+        dir=cache_dir().parent if cache_dir().exists() else None
+    ) as tmp:
         tmp_path = Path(tmp)
         sdist = os.environ.get("BSM_RAY_BIOPYTHON_SDIST")
         if sdist is None:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "--disable-pip-version-check", "-q", "-d", str(tmp_path), f"biopython=={version}"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+                str(tmp_path),
+                f"biopython=={version}",
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             found = sorted(tmp_path.glob("biopython-*.tar.gz"))
             if proc.returncode != 0 or not found:
@@ -200,9 +222,7 @@ def _layout(rng: np.random.Generator, seq: str) -> str:
     return f"The sequence is {seq}."
 
 
-def synthetic_documents(
-    rng: np.random.Generator, pool: list[dict], num_docs: int
-) -> list[dict]:
+def synthetic_documents(rng: np.random.Generator, pool: list[dict], num_docs: int) -> list[dict]:
     """Seeded synthetic web documents quoting real sequences from `pool`.
 
     `pool` items: {"gene", "acc", "product", "dna", "protein"}. About a third of the documents
@@ -220,8 +240,14 @@ def synthetic_documents(
                 other = pool[int(rng.integers(len(pool)))]
                 seq = other["dna"] if j % 2 == 0 else other["protein"]
                 paragraphs.append(_layout(rng, seq))
-        docs.append({"id": f"synthetic-web-{i:05d}", "text": "\n\n".join(paragraphs),
-                     "synthetic": True, "num_sequences_quoted": num_seqs})
+        docs.append(
+            {
+                "id": f"synthetic-web-{i:05d}",
+                "text": "\n\n".join(paragraphs),
+                "synthetic": True,
+                "num_sequences_quoted": num_seqs,
+            }
+        )
     return docs
 
 
@@ -242,17 +268,25 @@ def _cds_pool(genbank_paths: list[Path]) -> list[dict]:
                 if "exception" in q:
                     continue
                 dna = str(f.extract(record.seq)).upper()
-                pool.append({
-                    "gene": q.get("gene", q.get("locus_tag", ["?"]))[0],
-                    "acc": q.get("protein_id", [record.id])[0],
-                    "product": q.get("product", ["an uncharacterised protein"])[0],
-                    "dna": dna,
-                    "protein": q["translation"][0],
-                    "record": record,
-                    "feature": f,
-                    "geneid": next((x.split(":", 1)[1] for x in q.get("db_xref", [])
-                                    if x.startswith("GeneID:")), None),
-                })
+                pool.append(
+                    {
+                        "gene": q.get("gene", q.get("locus_tag", ["?"]))[0],
+                        "acc": q.get("protein_id", [record.id])[0],
+                        "product": q.get("product", ["an uncharacterised protein"])[0],
+                        "dna": dna,
+                        "protein": q["translation"][0],
+                        "record": record,
+                        "feature": f,
+                        "geneid": next(
+                            (
+                                x.split(":", 1)[1]
+                                for x in q.get("db_xref", [])
+                                if x.startswith("GeneID:")
+                            ),
+                            None,
+                        ),
+                    }
+                )
     return pool
 
 
@@ -299,8 +333,9 @@ def sample_inputs(seed: int = 0, synthetic_genome_bp: int = 200_000) -> dict:
             gene_seqs.append((f"{acc}{suffix}", seq))
     genes_dir = root / "gene_related"
     genes_dir.mkdir(exist_ok=True)
-    atomic_write_text(genes_dir / "gene_map.tsv", "gene_id\taccession\tmodality\n"
-                      + "\n".join(gene_rows) + "\n")
+    atomic_write_text(
+        genes_dir / "gene_map.tsv", "gene_id\taccession\tmodality\n" + "\n".join(gene_rows) + "\n"
+    )
     _write_fasta(genes_dir / "sequences.fa", gene_seqs)
 
     # Genomes: the real chloroplast as FASTA, plus a synthetic genome.
@@ -345,15 +380,24 @@ def sample_prepare_inputs(config):
     from bsm_ray.data.builders import SingleInput
 
     idx = sample_inputs(config.seed, config.sample_synthetic_genome_bp)
-    refseq = dataclasses.replace(config.refseq, genbank=idx["genbank"] + list(config.refseq.genbank))
+    refseq = dataclasses.replace(
+        config.refseq, genbank=idx["genbank"] + list(config.refseq.genbank)
+    )
     genes = config.gene_pairs
     if genes.tsv is None:  # the sample's gene map is used unless the user gave one
-        genes = dataclasses.replace(genes, tsv=idx["gene_tsv"], fasta=idx["gene_fasta"] + list(genes.fasta))
+        genes = dataclasses.replace(
+            genes, tsv=idx["gene_tsv"], fasta=idx["gene_fasta"] + list(genes.fasta)
+        )
     web = dataclasses.replace(config.web, documents=idx["web"] + list(config.web.documents))
     genome = dataclasses.replace(config.genome, fasta=idx["genome"] + list(config.genome.fasta))
     single = [SingleInput(**s) for s in idx["single"]] + list(config.single)
     new = dataclasses.replace(
-        config, sample=False, single=single, refseq=refseq, gene_pairs=genes, web=web,
+        config,
+        sample=False,
+        single=single,
+        refseq=refseq,
+        gene_pairs=genes,
+        web=web,
         genome=genome,
     )
     return new, set(idx["synthetic"])

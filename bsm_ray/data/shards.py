@@ -232,8 +232,8 @@ def verify_dataset(root: str | Path) -> list[str]:
     root = Path(root)
     manifest = read_manifest(root)
     problems = []
-    for kind, splits in manifest["shards"].items():
-        for split, infos in splits.items():
+    for splits in manifest["shards"].values():
+        for infos in splits.values():
             for info in infos:
                 path = root / info["path"]
                 if not path.exists():

@@ -171,4 +171,3 @@ class BsmCharTokenizer:
         if vocab != tok.token_to_id:
             raise ValueError(f"{path}: vocabulary differs from the BSM character vocabulary")
         return tok
-

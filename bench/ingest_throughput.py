@@ -1,0 +1,659 @@
+#!/usr/bin/env python
+"""Ingestion and tokenizer throughput benchmark (prints figures; asserts nothing on timing).
+
+    python bench/ingest_throughput.py                 # 50 Mbp genome as ONE record (default)
+    python bench/ingest_throughput.py --quick         # 2 Mbp smoke run, a few seconds
+    python bench/ingest_throughput.py --genome-mbp 200 --gzip --chunk-mb 8
+
+What it measures, on one seeded synthetic genome FASTA (`write_synthetic_genome`; generated
+once under `--out` and reused while size, seed, record count and compression match):
+
+- ingestion end to end through the real job code: `prepare_dataset(PrepareConfig(sample=False,
+  genome=GenomeConfig(fasta=[path]), on_invalid="skip", progress=False))`, i.e. input hashing,
+  FASTA streaming, GeneMask piece cutting, dedup, Parquet shards and the manifest. Mbp/s is
+  genome bp read (`genome/bp_read`) / seconds; pieces written are the genome rows of the manifest;
+- its parts in isolation: the FASTA reader `iter_fasta` alone, and `build_genome_pieces` alone
+  (pieces cut and counted, nothing written), both with `--chunk-mb` chunks (prepare_dataset
+  uses the library default of 4 MiB);
+- as a baseline, Biopython's `SeqIO.parse(path, "fasta")` reading the same file;
+- tokenizers on the same genome (uppercased): k-mer `kmer_ids` over the whole sequence,
+  k-mer `encode_batch` over 511-nt pieces in batches of 1024, and the BSM character tokenizer's
+  `encode` / `encode_batch` over the first `--char-mbp` Mbp cut into 1024-letter `<dna>`
+  documents (`encode_batch` in batches of 1024 documents).
+
+Every measured stage runs `--warmup` un-timed run(s) and then `--repeats` timed runs; the figure
+is the median. Each stage runs in a fresh subprocess of this script (hidden `--stage`), which at
+the end reads its own peak resident set size, `getrusage(RUSAGE_SELF).ru_maxrss` (KiB on
+Linux), reported in MiB. A "baseline" subprocess that only imports the same modules shows the
+fixed cost, so the increment of every stage is visible (column "+base"). This driver process
+imports only the standard library and stays small on purpose: on Linux a child's ru_maxrss
+starts from the high-water mark of the process image it was exec'ed from, so a big driver would
+inflate every child's figure. `VmHWM` from /proc/self/status (the child's own image only) is
+recorded next to it in the JSON as a cross-check.
+
+The table goes to stdout and, with more detail (all repeat timings, RSS after input set-up,
+ingestion statistics), to `<out>/ingest_throughput.json` (written atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULT_NAME = "ingest_throughput.json"
+KMER_PIECE_NT = 511  # a full GeneMask piece: 506 6-mers
+KMER_BATCH = 1024
+CHAR_DOC_LETTERS = 1024
+CHAR_BATCH = 1024
+QUICK_GENOME_MBP = 2.0
+QUICK_CHAR_MBP = 1.0
+
+# (stage name, what it is); run in this order. "generate" is handled apart (not measured).
+STAGES: tuple[tuple[str, str], ...] = (
+    ("baseline", "baseline: imports only"),
+    ("read_iter_fasta", "iter_fasta (bsm_ray reader)"),
+    ("read_biopython", "Bio.SeqIO.parse fasta"),
+    ("genome_pieces", "build_genome_pieces (no write)"),
+    ("prepare", "prepare_dataset (end to end)"),
+    ("kmer_ids", "kmer-6 kmer_ids (whole seq)"),
+    ("kmer_encode_batch", "kmer-6 encode_batch"),
+    ("char_encode", "bsm-char encode"),
+    ("char_encode_batch", "bsm-char encode_batch"),
+)
+STAGE_NAMES = tuple(name for name, _ in STAGES)
+
+
+# --- measuring (used inside the stage subprocesses) --------------------------------------------
+
+
+def _mib_from_maxrss(value: int) -> float:
+    # Linux reports KiB, macOS bytes.
+    return value / (1 << 20) if sys.platform == "darwin" else value / 1024
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return _mib_from_maxrss(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _proc_status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB; None where there is none."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _import_common() -> None:
+    """The modules every stage imports first, so the baseline stage is comparable."""
+    import numpy  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+    from Bio import SeqIO  # noqa: F401
+
+    import bsm_ray.data.builders  # noqa: F401
+    import bsm_ray.data.prepare  # noqa: F401
+    import bsm_ray.data.records  # noqa: F401
+    import bsm_ray.data.samples  # noqa: F401
+    import bsm_ray.tokenizers.char  # noqa: F401
+    import bsm_ray.tokenizers.kmer  # noqa: F401
+
+
+def _timed(fn, repeats: int, warmup: int) -> tuple[list[float], object]:
+    """Run `fn` `warmup` times untimed, then `repeats` times timed; (timings, last result)."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return times, result
+
+
+def _load_sequence(path: str, limit_bp: int | None = None) -> bytes:
+    """The genome's records concatenated and uppercased (soft-masking dropped), N kept.
+
+    Read with `iter_fasta` and stopped after `limit_bp` letters when given.
+    """
+    from bsm_ray.data.records import iter_fasta
+
+    parts: list[bytes] = []
+    size = 0
+    for chunk in iter_fasta(path):
+        seq = chunk.seq.upper()
+        if limit_bp is not None and size + len(seq) > limit_bp:
+            seq = seq[: limit_bp - size]
+        parts.append(seq)
+        size += len(seq)
+        if limit_bp is not None and size >= limit_bp:
+            break
+    seq = b"".join(parts)
+    del parts
+    return seq
+
+
+# --- the stages ---------------------------------------------------------------------------------
+# Each returns a dict with "amount" (bp or tokens), "unit" ("bp" or "tokens"), "times" (seconds of
+# each timed repeat), optionally "notes" (a short string for the table) and "extra" (for the JSON).
+
+
+def stage_generate(s: dict) -> dict:
+    from bsm_ray.data.samples import write_synthetic_genome
+
+    t0 = time.perf_counter()
+    write_synthetic_genome(s["genome_path"], s["genome_bp"], seed=s["seed"],
+                           num_chromosomes=s["num_chromosomes"])
+    seconds = time.perf_counter() - t0
+    return {"amount": s["genome_bp"], "unit": "bp", "times": [seconds],
+            "notes": f"{Path(s['genome_path']).stat().st_size / 2**20:,.0f} MiB file"}
+
+
+def stage_baseline(s: dict) -> dict:
+    return {"amount": None, "unit": None, "times": []}
+
+
+def stage_read_iter_fasta(s: dict) -> dict:
+    from bsm_ray.data.records import iter_fasta
+
+    def run():
+        bp = records = 0
+        for chunk in iter_fasta(s["genome_path"], chunk_bytes=s["chunk_bytes"]):
+            bp += len(chunk.seq)
+            records += chunk.first
+        return bp, records
+
+    times, (bp, records) = _timed(run, s["repeats"], s["warmup"])
+    return {"amount": bp, "unit": "bp", "times": times,
+            "notes": f"{records} record(s), chunk {s['chunk_bytes'] / 2**20:g} MiB",
+            "extra": {"records": records, "chunk_bytes": s["chunk_bytes"]}}
+
+
+def stage_read_biopython(s: dict) -> dict:
+    import gzip
+
+    from Bio import SeqIO
+
+    path = s["genome_path"]
+
+    def run():
+        bp = records = 0
+        handle = gzip.open(path, "rt") if path.endswith(".gz") else path
+        try:
+            for record in SeqIO.parse(handle, "fasta"):
+                bp += len(record.seq)
+                records += 1
+        finally:
+            if not isinstance(handle, str):
+                handle.close()
+        return bp, records
+
+    times, (bp, records) = _timed(run, s["repeats"], s["warmup"])
+    return {"amount": bp, "unit": "bp", "times": times, "notes": f"{records} record(s)",
+            "extra": {"records": records}}
+
+
+def stage_genome_pieces(s: dict) -> dict:
+    from bsm_ray.data.builders import GenomeConfig, build_genome_pieces
+    from bsm_ray.data.records import Ledger
+
+    path = s["genome_path"]
+
+    def run():
+        stats: dict = {}
+        rows = 0
+        for _split, _row in build_genome_pieces(
+            GenomeConfig(fasta=[path]), path, Ledger(on_invalid="skip"), s["seed"], set(),
+            stats, chunk_bytes=s["chunk_bytes"],
+        ):
+            rows += 1
+        return rows, stats
+
+    times, (rows, stats) = _timed(run, s["repeats"], s["warmup"])
+    return {"amount": stats.get("genome/bp_read", 0), "unit": "bp", "times": times,
+            "notes": f"{rows:,d} pieces cut, chunk {s['chunk_bytes'] / 2**20:g} MiB",
+            "extra": {"pieces": rows, "stats": stats, "chunk_bytes": s["chunk_bytes"]}}
+
+
+def stage_prepare(s: dict) -> dict:
+    import shutil
+
+    from bsm_ray.data.builders import GenomeConfig
+    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+
+    path = s["genome_path"]
+    output_dir = s["dataset_dir"]
+
+    def run():
+        return prepare_dataset(PrepareConfig(
+            sample=False, output_dir=output_dir, seed=s["seed"],
+            genome=GenomeConfig(fasta=[path]), progress=False, on_invalid="skip",
+        ))
+
+    try:
+        times, result = _timed(run, s["repeats"], s["warmup"])
+        manifest = result.manifest
+        genome_totals = manifest["totals"].get("genome", {})
+        pieces = sum(t["rows"] for t in genome_totals.values())
+        kmers = sum(t["tokens"] for t in genome_totals.values())
+        shard_bytes = sum(info["num_bytes"]
+                          for split in manifest["shards"].get("genome", {}).values()
+                          for info in split)
+    finally:
+        if not s["keep_dataset"]:
+            shutil.rmtree(output_dir, ignore_errors=True)
+    stats = manifest["stats"]
+    return {"amount": stats.get("genome/bp_read", 0), "unit": "bp", "times": times,
+            "notes": f"{pieces:,d} pieces written",
+            "extra": {"pieces_written": pieces, "kmers_written": kmers,
+                      "shard_bytes": shard_bytes, "stats": stats, "ledger": manifest["ledger"],
+                      "dataset_sha256": manifest["dataset_sha256"],
+                      "dataset_dir": output_dir if s["keep_dataset"] else None}}
+
+
+def stage_kmer_ids(s: dict) -> dict:
+    from bsm_ray.tokenizers.kmer import KmerTokenizer
+
+    tok = KmerTokenizer(6)
+    seq = _load_sequence(s["genome_path"])
+    setup_rss = _proc_status_mib("VmRSS")
+    times, ids = _timed(lambda: tok.kmer_ids(seq), s["repeats"], s["warmup"])
+    n = int(ids.size)
+    return {"amount": n, "unit": "tokens", "times": times,
+            "notes": f"one {len(seq) / 1e6:.1f} Mbp sequence, held: {len(seq) / 2**20:.0f} MiB",
+            "extra": {"sequence_bp": len(seq), "rss_after_setup_mib": setup_rss}}
+
+
+def stage_kmer_encode_batch(s: dict) -> dict:
+    from bsm_ray.tokenizers.kmer import KmerTokenizer
+
+    tok = KmerTokenizer(6)
+    seq = _load_sequence(s["genome_path"])
+    pieces = [seq[i : i + KMER_PIECE_NT].decode("ascii")
+              for i in range(0, len(seq) - KMER_PIECE_NT + 1, KMER_PIECE_NT)]
+    del seq
+    batches = [pieces[i : i + KMER_BATCH] for i in range(0, len(pieces), KMER_BATCH)]
+    setup_rss = _proc_status_mib("VmRSS")
+
+    def run():
+        kept = 0
+        for batch in batches:
+            out = tok.encode_batch(batch)
+            kept += out["input_ids"].shape[0]
+        return kept
+
+    times, rows = _timed(run, s["repeats"], s["warmup"])
+    kmers = rows * (KMER_PIECE_NT - tok.k + 1)
+    return {"amount": kmers, "unit": "tokens", "times": times,
+            "notes": f"{len(pieces):,d} x {KMER_PIECE_NT} nt, {KMER_BATCH}/batch",
+            "extra": {"pieces": len(pieces), "batch": KMER_BATCH,
+                      "tokens_counted": "k-mers (506 per piece; [CLS]/[SEP]/[PAD] excluded)",
+                      "rss_after_setup_mib": setup_rss}}
+
+
+def _char_documents(s: dict) -> list[str]:
+    from bsm_ray.tokenizers.char import format_document
+
+    seq = _load_sequence(s["genome_path"], limit_bp=s["char_bp"]).decode("ascii")
+    return [format_document([("dna", seq[i : i + CHAR_DOC_LETTERS])])
+            for i in range(0, len(seq), CHAR_DOC_LETTERS)]
+
+
+def stage_char_encode(s: dict) -> dict:
+    from bsm_ray.tokenizers.char import BsmCharTokenizer
+
+    tok = BsmCharTokenizer()
+    docs = _char_documents(s)
+    tokens = sum(tok.count_tokens(d) for d in docs)
+    setup_rss = _proc_status_mib("VmRSS")
+
+    def run():
+        n = 0
+        for d in docs:
+            n += tok.encode(d).size
+        return n
+
+    times, n = _timed(run, s["repeats"], s["warmup"])
+    assert n == tokens, (n, tokens)  # correctness of the count, not timing
+    letters = sum(len(d) for d in docs) - len(docs) * len("<dna>")
+    return {"amount": tokens, "unit": "tokens", "times": times,
+            "notes": f"{len(docs):,d} docs of {CHAR_DOC_LETTERS} letters ({letters / 1e6:g} Mbp)",
+            "extra": {"documents": len(docs), "letters": letters,
+                      "rss_after_setup_mib": setup_rss}}
+
+
+def stage_char_encode_batch(s: dict) -> dict:
+    from bsm_ray.tokenizers.char import BsmCharTokenizer
+
+    tok = BsmCharTokenizer()
+    docs = _char_documents(s)
+    tokens = sum(tok.count_tokens(d) for d in docs)
+    batches = [docs[i : i + CHAR_BATCH] for i in range(0, len(docs), CHAR_BATCH)]
+    setup_rss = _proc_status_mib("VmRSS")
+
+    def run():
+        n = 0
+        for batch in batches:
+            ids, _offsets = tok.encode_batch(batch)
+            n += ids.size
+        return n
+
+    times, n = _timed(run, s["repeats"], s["warmup"])
+    assert n == tokens, (n, tokens)
+    return {"amount": tokens, "unit": "tokens", "times": times,
+            "notes": f"{len(docs):,d} docs, {CHAR_BATCH}/batch",
+            "extra": {"documents": len(docs), "batch": CHAR_BATCH,
+                      "rss_after_setup_mib": setup_rss}}
+
+
+STAGE_FUNCTIONS = {
+    "generate": stage_generate,
+    "baseline": stage_baseline,
+    "read_iter_fasta": stage_read_iter_fasta,
+    "read_biopython": stage_read_biopython,
+    "genome_pieces": stage_genome_pieces,
+    "prepare": stage_prepare,
+    "kmer_ids": stage_kmer_ids,
+    "kmer_encode_batch": stage_kmer_encode_batch,
+    "char_encode": stage_char_encode,
+    "char_encode_batch": stage_char_encode_batch,
+}
+
+
+def run_stage_here(name: str, settings: dict, result_path: str) -> None:
+    """Body of a stage subprocess: import, measure, write the result JSON (atomically)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    t0 = time.perf_counter()
+    _import_common()
+    import_seconds = time.perf_counter() - t0
+    rss_after_import = _proc_status_mib("VmRSS")
+    result = STAGE_FUNCTIONS[name](settings)
+    result.update(
+        stage=name,
+        peak_rss_mib=_peak_rss_mib(),
+        vm_hwm_mib=_proc_status_mib("VmHWM"),
+        rss_after_import_mib=rss_after_import,
+        import_seconds=import_seconds,
+    )
+    _atomic_write_json(Path(result_path), result)
+
+
+# --- the driver (standard library only) ---------------------------------------------------------
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _spawn_stage(name: str, settings: dict, work_dir: Path) -> dict:
+    """Run one stage in a fresh interpreter; return its result dict."""
+    result_path = work_dir / f"{name}.json"
+    if result_path.exists():
+        result_path.unlink()
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", name,
+           "--stage-settings", json.dumps(settings), "--stage-result", str(result_path)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or not result_path.is_file():
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"stage {name!r} failed (exit status {proc.returncode})")
+    result = json.loads(result_path.read_text())
+    result_path.unlink()
+    result["subprocess_wall_seconds"] = wall
+    return result
+
+
+def _genome_path(out: Path, genome_bp: int, seed: int, num_chromosomes: int, gz: bool) -> Path:
+    size = f"{genome_bp / 1e6:g}Mbp"
+    suffix = ".fa.gz" if gz else ".fa"
+    return out / f"synthetic_genome_{size}_seed{seed}_chr{num_chromosomes}{suffix}"
+
+
+def _ensure_genome(args, settings: dict, work_dir: Path) -> dict:
+    """Generate the genome FASTA (in a subprocess) unless an identical one is already there."""
+    path = Path(settings["genome_path"])
+    sidecar = path.with_name(path.name + ".json")
+    wanted = {"genome_bp": settings["genome_bp"], "seed": settings["seed"],
+              "num_chromosomes": settings["num_chromosomes"], "gzip": bool(args.gzip),
+              "generator": "bsm_ray.data.samples.write_synthetic_genome"}
+    if not args.regenerate and path.is_file() and sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text())
+        except ValueError:
+            meta = {}
+        if all(meta.get(k) == v for k, v in wanted.items()) and meta.get(
+                "bytes") == path.stat().st_size:
+            return {**meta, "reused": True}
+    result = _spawn_stage("generate", settings, work_dir)
+    meta = {**wanted, "bytes": path.stat().st_size, "seconds": result["times"][0],
+            "peak_rss_mib": result["peak_rss_mib"], "vm_hwm_mib": result["vm_hwm_mib"]}
+    _atomic_write_json(sidecar, meta)
+    return {**meta, "reused": False}
+
+
+def _fmt_amount(amount, unit) -> str:
+    if amount is None:
+        return "-"
+    if unit == "bp":
+        return f"{amount / 1e6:,.2f} Mbp"
+    return f"{amount / 1e6:,.2f} M tok"
+
+
+def _fmt_rate(amount, unit, seconds) -> str:
+    if amount is None or not seconds:
+        return "-"
+    rate = amount / seconds / 1e6
+    return f"{rate:,.1f} Mbp/s" if unit == "bp" else f"{rate:,.1f} M tok/s"
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ("stage", "amount", "seconds", "throughput", "peak RSS MiB", "+base MiB", "notes")
+    lines = [[r["label"], _fmt_amount(r["amount"], r["unit"]),
+              "-" if r["seconds"] is None else f"{r['seconds']:.3f}",
+              _fmt_rate(r["amount"], r["unit"], r["seconds"]),
+              f"{r['peak_rss_mib']:,.1f}",
+              "-" if r["over_baseline_mib"] is None else f"{r['over_baseline_mib']:+,.1f}",
+              r.get("notes", "")] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
+    right = {1, 2, 3, 4, 5}
+
+    def fmt(cells) -> str:
+        return "  ".join((str(c).rjust(w) if i in right else str(c).ljust(w))
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(header), rule, *(fmt(cells) for cells in lines)])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Ingestion (prepare_dataset) and tokenizer throughput on a synthetic genome.")
+    p.add_argument("--genome-mbp", type=float, default=None,
+                   help="genome size in Mbp (10^6 bp); default 50 (2 with --quick)")
+    p.add_argument("--num-chromosomes", type=int, default=1,
+                   help="records in the genome FASTA (default 1: one chromosome-sized record)")
+    p.add_argument("--out", default=str(REPO_ROOT / "bench" / "out"),
+                   help="folder for the genome, the scratch dataset and the JSON result")
+    p.add_argument("--seed", type=int, default=0, help="genome and prepare_dataset seed")
+    p.add_argument("--chunk-mb", type=float, default=4.0,
+                   help="chunk size in MiB for the iter_fasta and build_genome_pieces rows "
+                        "(prepare_dataset uses the library default, 4 MiB)")
+    p.add_argument("--gzip", action="store_true", help="write and ingest a gzipped FASTA")
+    p.add_argument("--char-mbp", type=float, default=None,
+                   help="Mbp of the genome for the BSM char tokenizer rows (default 10, 1 quick)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per stage (median)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
+    p.add_argument("--stages", default=",".join(STAGE_NAMES),
+                   help=f"comma-separated subset of: {', '.join(STAGE_NAMES)}")
+    p.add_argument("--quick", action="store_true",
+                   help=f"small smoke run ({QUICK_GENOME_MBP:g} Mbp genome, "
+                        f"{QUICK_CHAR_MBP:g} Mbp for the char tokenizer)")
+    p.add_argument("--regenerate", action="store_true", help="rewrite the genome even if present")
+    p.add_argument("--keep-dataset", action="store_true",
+                   help="keep the dataset prepare_dataset wrote (default: removed)")
+    # Hidden: the driver runs every stage as `--stage NAME` in a fresh subprocess.
+    p.add_argument("--stage", choices=sorted(STAGE_FUNCTIONS), help=argparse.SUPPRESS)
+    p.add_argument("--stage-settings", help=argparse.SUPPRESS)
+    p.add_argument("--stage-result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.genome_mbp is None:
+        args.genome_mbp = QUICK_GENOME_MBP if args.quick else 50.0
+    if args.char_mbp is None:
+        args.char_mbp = QUICK_CHAR_MBP if args.quick else 10.0
+    if args.genome_mbp <= 0 or args.char_mbp <= 0 or args.chunk_mb <= 0:
+        p.error("--genome-mbp, --char-mbp and --chunk-mb must be positive")
+    if args.repeats < 1 or args.warmup < 0 or args.num_chromosomes < 1:
+        p.error("--repeats >= 1, --warmup >= 0 and --num-chromosomes >= 1 are required")
+    unknown = set(args.stages.split(",")) - set(STAGE_NAMES)
+    if unknown:
+        p.error(f"unknown stage(s) {', '.join(sorted(unknown))}; known: {', '.join(STAGE_NAMES)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.stage:
+        run_stage_here(args.stage, json.loads(args.stage_settings), args.stage_result)
+        return {}
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work_dir = out / ".stages"
+    work_dir.mkdir(exist_ok=True)
+    genome_bp = int(round(args.genome_mbp * 1e6))
+    genome_path = _genome_path(out, genome_bp, args.seed, args.num_chromosomes, args.gzip)
+    settings = {
+        "genome_path": str(genome_path),
+        "genome_bp": genome_bp,
+        "seed": args.seed,
+        "num_chromosomes": args.num_chromosomes,
+        "chunk_bytes": int(args.chunk_mb * (1 << 20)),
+        "char_bp": min(genome_bp, int(round(args.char_mbp * 1e6))),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "dataset_dir": str(out / "dataset"),
+        "keep_dataset": bool(args.keep_dataset),
+    }
+    started = time.time()
+    genome = _ensure_genome(args, settings, work_dir)
+
+    wanted = [name for name in STAGE_NAMES if name in args.stages.split(",")]
+    if "baseline" not in wanted:
+        wanted.insert(0, "baseline")  # every row is shown against it
+    labels = dict(STAGES)
+    results = {}
+    for name in wanted:
+        print(f"... {name}", file=sys.stderr, flush=True)
+        results[name] = _spawn_stage(name, settings, work_dir)
+    baseline = results["baseline"]["peak_rss_mib"]
+
+    per_record = genome_bp // args.num_chromosomes
+    record_desc = (f"{args.num_chromosomes} record(s) of {per_record / 1e6:g} Mbp")
+    generate_row = {
+        "stage": "generate",
+        "label": "generate genome (not ingestion)",
+        "amount": genome_bp,
+        "unit": "bp",
+        "seconds": genome.get("seconds"),
+        "times": [genome.get("seconds")],
+        "peak_rss_mib": genome.get("peak_rss_mib", 0.0),
+        "vm_hwm_mib": genome.get("vm_hwm_mib"),
+        "over_baseline_mib": genome.get("peak_rss_mib", 0.0) - baseline,
+        "notes": ("reused; " if genome["reused"] else "")
+        + f"{record_desc}, {genome['bytes'] / 2**20:,.0f} MiB file",
+    }
+    rows = []
+    for name in wanted:
+        r = results[name]
+        times = r.get("times") or []
+        rows.append({
+            "stage": name,
+            "label": labels[name],
+            "amount": r.get("amount"),
+            "unit": r.get("unit"),
+            "seconds": statistics.median(times) if times else None,
+            "times": times,
+            "peak_rss_mib": r["peak_rss_mib"],
+            "vm_hwm_mib": r.get("vm_hwm_mib"),
+            "over_baseline_mib": None if name == "baseline" else r["peak_rss_mib"] - baseline,
+            "rss_after_import_mib": r.get("rss_after_import_mib"),
+            "import_seconds": r.get("import_seconds"),
+            "subprocess_wall_seconds": r.get("subprocess_wall_seconds"),
+            "notes": r.get("notes", "") if name != "baseline" else "fresh interpreter + imports",
+            "extra": r.get("extra", {}),
+        })
+        if name == "baseline":
+            rows.append(generate_row)
+    for row in rows:
+        if row["seconds"] and row["amount"] is not None:
+            row["throughput_per_s"] = row["amount"] / row["seconds"]
+            row["throughput_unit"] = "bp/s" if row["unit"] == "bp" else "tokens/s"
+
+    import importlib.metadata as md
+
+    versions = {}
+    for dist in ("numpy", "biopython", "pyarrow"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    report = {
+        "benchmark": "ingest_throughput",
+        "created_unix": started,
+        "wall_seconds": time.time() - started,
+        "settings": {**settings, "gzip": bool(args.gzip), "genome_mbp": args.genome_mbp,
+                     "char_mbp": args.char_mbp, "quick": bool(args.quick)},
+        "genome": {"path": str(genome_path), **genome},
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count(), **versions},
+        "rss_note": "peak_rss_mib = getrusage(RUSAGE_SELF).ru_maxrss of the stage's own "
+                    "subprocess; over_baseline_mib = that minus the imports-only subprocess",
+        "baseline_rss_mib": baseline,
+        "rows": rows,
+    }
+    result_path = out / RESULT_NAME
+    _atomic_write_json(result_path, report)
+
+    print(f"genome: {genome_path} ({record_desc}; {'gzip' if args.gzip else 'plain'}, "
+          f"seed {args.seed}); median of {args.repeats} after {args.warmup} warm-up; "
+          f"peak RSS = ru_maxrss of each stage's own subprocess")
+    print(format_table(rows))
+    print(f"baseline (imports only) {baseline:,.1f} MiB; "
+          f"python {platform.python_version()}, {os.cpu_count()} CPUs; -> {result_path}")
+    try:
+        work_dir.rmdir()
+    except OSError:
+        pass
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Every YAML config shipped in jobs/configs loads strictly into its config class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bsm_ray.config import load_config
+from bsm_ray.data.prepare import PrepareConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+# File name prefix -> config class of the job that reads it.
+CLASSES = {"prepare": PrepareConfig}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_config_loads(path):
+    prefix = path.name.split("_")[0]
+    assert prefix in CLASSES, f"{path.name}: no config class registered for prefix {prefix!r}"
+    config = load_config(CLASSES[prefix], path)
+    assert config is not None
+
+
+def test_at_least_one_config_shipped():
+    assert list(CONFIG_DIR.glob("*.yaml"))
