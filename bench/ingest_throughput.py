@@ -25,11 +25,12 @@ Every measured stage runs `--warmup` un-timed run(s) and then `--repeats` timed 
 is the median. Each stage runs in a fresh subprocess of this script (hidden `--stage`), which at
 the end reads its own peak resident set size, `getrusage(RUSAGE_SELF).ru_maxrss` (KiB on
 Linux), reported in MiB. A "baseline" subprocess that only imports the same modules shows the
-fixed cost, so the increment of every stage is visible (column "+base"). This driver process
-imports only the standard library and stays small on purpose: on Linux a child's ru_maxrss
-starts from the high-water mark of the process image it was exec'ed from, so a big driver would
-inflate every child's figure. `VmHWM` from /proc/self/status (the child's own image only) is
-recorded next to it in the JSON as a cross-check.
+fixed cost, so the increment of every stage is visible (column "+base"). On Linux a child's
+ru_maxrss starts from the high-water mark of the process image it was exec'ed from (its parent's,
+with fork or vfork), so a big caller (say, pytest calling `main()`) would inflate every figure:
+each stage is therefore started through a tiny launcher interpreter, whose own small image is
+what the stage inherits. `VmHWM` from /proc/self/status (the stage's own image only) is recorded
+next to ru_maxrss in the JSON as a cross-check.
 
 The table goes to stdout and, with more detail (all repeat timings, RSS after input set-up,
 ingestion statistics), to `<out>/ingest_throughput.json` (written atomically).
@@ -410,12 +411,18 @@ def _atomic_write_json(path: Path, obj) -> None:
             tmp.unlink()
 
 
+# Runs its arguments as a command. Stages start through it so that the ru_maxrss they inherit at
+# exec is this small interpreter's, not the caller's (see the module docstring).
+_LAUNCHER = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
+
+
 def _spawn_stage(name: str, settings: dict, work_dir: Path) -> dict:
     """Run one stage in a fresh interpreter; return its result dict."""
     result_path = work_dir / f"{name}.json"
     if result_path.exists():
         result_path.unlink()
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", name,
+    cmd = [sys.executable, "-c", _LAUNCHER,
+           sys.executable, str(Path(__file__).resolve()), "--stage", name,
            "--stage-settings", json.dumps(settings), "--stage-result", str(result_path)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
@@ -574,6 +581,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"... {name}", file=sys.stderr, flush=True)
         results[name] = _spawn_stage(name, settings, work_dir)
     baseline = results["baseline"]["peak_rss_mib"]
+    # The stages inherit the launcher's small high-water mark, whatever this process holds;
+    # a stage whose ru_maxrss is far above its own image's VmHWM would show it did not.
+    inherited = [r["stage"] for r in (*results.values(), {"stage": "generate", **genome})
+                 if r.get("vm_hwm_mib") and r["peak_rss_mib"] > r["vm_hwm_mib"] + 8]
 
     per_record = genome_bp // args.num_chromosomes
     record_desc = (f"{args.num_chromosomes} record(s) of {per_record / 1e6:g} Mbp")
@@ -637,6 +648,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rss_note": "peak_rss_mib = getrusage(RUSAGE_SELF).ru_maxrss of the stage's own "
                     "subprocess; over_baseline_mib = that minus the imports-only subprocess",
         "baseline_rss_mib": baseline,
+        "driver_peak_rss_mib": _peak_rss_mib(),
         "rows": rows,
     }
     result_path = out / RESULT_NAME
@@ -646,6 +658,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"seed {args.seed}); median of {args.repeats} after {args.warmup} warm-up; "
           f"peak RSS = ru_maxrss of each stage's own subprocess")
     print(format_table(rows))
+    if inherited:
+        print(f"WARNING: ru_maxrss of {', '.join(inherited)} exceeds the stage's own VmHWM by "
+              "more than 8 MiB: it may include memory inherited at exec (see vm_hwm_mib)")
     print(f"baseline (imports only) {baseline:,.1f} MiB; "
           f"python {platform.python_version()}, {os.cpu_count()} CPUs; -> {result_path}")
     try:

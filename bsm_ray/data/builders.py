@@ -736,8 +736,9 @@ def _cut(buf, offset, lengths, cfg, chrom, path, ledger, seed, seen_pieces, stat
     Lengths are peeked in batches and only the ones used are consumed, so the tail carried to
     the next chunk is cut with the same lengths it would get in one big buffer.
     """
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    bad_prefix = np.concatenate([[0], np.cumsum(~_ACGT[arr])])
+    # Positions of letters other than ACGT (IUPAC codes; N was removed): usually none.
+    bad_pos = np.flatnonzero(~_ACGT[np.frombuffer(buf, dtype=np.uint8)])
+    salt = (seed % 2**128).to_bytes(16, "little")
     batch = len(buf) // cfg.min_piece_nt + 1  # no more pieces than this can fit
     pos = 0
     while True:
@@ -748,19 +749,23 @@ def _cut(buf, offset, lengths, cfg, chrom, path, ledger, seed, seen_pieces, stat
         lengths.consume(fit)
         ends = ends[:fit]
         starts = np.concatenate([[pos], ends[:-1]])
-        nonacgt = bad_prefix[ends] - bad_prefix[starts]
+        if bad_pos.size:
+            nonacgt = np.searchsorted(bad_pos, ends) - np.searchsorted(bad_pos, starts)
+        else:
+            nonacgt = np.zeros(fit, dtype=np.int64)
         for s, e, nb in zip(starts.tolist(), ends.tolist(), nonacgt.tolist(), strict=True):
             piece = buf[s:e]
             if nb:
                 ledger.note("genome", "piece_with_non_acgt_dropped")
                 continue
+            # One seeded hash per piece serves both duplicate removal and the split.
+            digest = hashlib.blake2b(piece, digest_size=16, salt=salt).digest()
             if cfg.dedup:
-                digest = hashlib.blake2b(piece, digest_size=16).digest()
                 if digest in seen_pieces:
                     ledger.note("genome", "duplicate_piece_dropped")
                     continue
                 seen_pieces.add(digest)
-            u = stable_hash("genome-split", seed, piece) / 2.0**64
+            u = int.from_bytes(digest[:8], "little") / 2.0**64
             split = "val" if u < cfg.val_fraction else "train"
             stats["genome/pieces"] = stats.get("genome/pieces", 0) + 1
             yield (

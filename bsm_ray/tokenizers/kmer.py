@@ -35,8 +35,8 @@ SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 NUM_SPECIAL = len(SPECIAL_TOKENS)
 BASE_ORDER = "ATCG"  # DNABERT's order, not ACGT
 
-# Base code per byte: A=0 T=1 C=2 G=3, anything else 4 (invalid).
-_CODE = np.full(256, 4, dtype=np.int64)
+# Base code per byte: A=0 T=1 C=2 G=3, anything else 4 (invalid). uint8 keeps 1 byte per base.
+_CODE = np.full(256, 4, dtype=np.uint8)
 for _i, _b in enumerate(BASE_ORDER):
     _CODE[ord(_b)] = _i
 
@@ -67,21 +67,29 @@ class KmerTokenizer:
     def _kmer_ids_concat(self, buf: bytes) -> np.ndarray:
         """k-mer id of the window starting at every position of `buf` (len(buf)-k+1 values).
 
-        Windows containing an invalid byte get UNK_ID.
+        Windows containing an invalid byte get UNK_ID. Memory is about 7 bytes per base
+        (uint8 codes and flags, int32 ids updated in place), so a chromosome fits.
         """
         k = self.k
         codes = _CODE[np.frombuffer(buf, dtype=np.uint8)]
         n = codes.size - k + 1
         if n <= 0:
             return np.zeros(0, dtype=np.int32)
-        ids = np.zeros(n, dtype=np.int64)
-        for j in range(k):  # Horner over the k letters of every window at once
-            ids = ids * 4 + np.minimum(codes[j : j + n], 3)
-        bad = (codes == 4).astype(np.int64)
-        bad_in_window = np.convolve(bad, np.ones(k, dtype=np.int64), mode="valid") > 0
-        out = (ids + NUM_SPECIAL).astype(np.int32)
-        out[bad_in_window] = UNK_ID
-        return out
+        bad = codes == 4
+        any_bad = bool(bad.any())
+        if any_bad:
+            codes &= 3  # any value; those windows become [UNK] below
+        ids = codes[:n].astype(np.int32)
+        for j in range(1, k):  # Horner over the k letters of every window at once
+            ids <<= 2
+            ids += codes[j : j + n]
+        ids += NUM_SPECIAL
+        if any_bad:
+            bad_window = bad[:n].copy()
+            for j in range(1, k):
+                bad_window |= bad[j : j + n]
+            ids[bad_window] = UNK_ID
+        return ids
 
     def kmer_ids(self, seq: str | bytes) -> np.ndarray:
         """One sequence -> its n-k+1 k-mer ids (int32, no [CLS]/[SEP])."""
@@ -90,20 +98,28 @@ class KmerTokenizer:
         return self._kmer_ids_concat(seq)
 
     def kmer_ids_batch(self, seqs: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Many sequences -> (flat int32 k-mer ids, int64 offsets of length len(seqs)+1)."""
+        """Many sequences -> (flat int32 k-mer ids, int64 offsets of length len(seqs)+1).
+
+        The sequences are concatenated once; the windows that would straddle two sequences
+        (the last k-1 start positions of each) are then dropped with one boolean mask.
+        """
+        k = self.k
         parts = [s.encode("ascii", errors="replace") if isinstance(s, str) else s for s in seqs]
         lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-        starts = np.zeros(len(parts), dtype=np.int64)
-        if len(parts) > 1:
-            np.cumsum(lengths[:-1], out=starts[1:])
+        ends = np.cumsum(lengths)
         all_ids = self._kmer_ids_concat(b"".join(parts))
-        counts = np.maximum(lengths - self.k + 1, 0)
+        counts = np.maximum(lengths - k + 1, 0)
         offsets = np.zeros(len(parts) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        # Window starts that stay inside their own sequence: start_i + 0 .. start_i + count_i - 1
-        row = np.repeat(np.arange(len(parts)), counts)
-        pos = starts[row] + (np.arange(offsets[-1]) - offsets[row])
-        return all_ids[pos], offsets
+        if all_ids.size == 0:
+            return all_ids, offsets
+        # Start positions end_r - (k-1) .. end_r - 1 of every row r (clipped to its own start).
+        tail = np.minimum(lengths, k - 1)
+        row = np.repeat(np.arange(len(parts)), tail)
+        drop = ends[row] - tail[row] + (np.arange(tail.sum()) - np.repeat(np.cumsum(tail) - tail, tail))
+        keep = np.ones(all_ids.size, dtype=bool)
+        keep[drop[drop < all_ids.size]] = False
+        return all_ids[keep], offsets
 
     def encode_batch(
         self, seqs: Sequence[str | bytes], max_len: int | None = None
