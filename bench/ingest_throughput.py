@@ -156,11 +156,16 @@ def stage_generate(s: dict) -> dict:
     from bsm_ray.data.samples import write_synthetic_genome
 
     t0 = time.perf_counter()
-    write_synthetic_genome(s["genome_path"], s["genome_bp"], seed=s["seed"],
-                           num_chromosomes=s["num_chromosomes"])
+    write_synthetic_genome(
+        s["genome_path"], s["genome_bp"], seed=s["seed"], num_chromosomes=s["num_chromosomes"]
+    )
     seconds = time.perf_counter() - t0
-    return {"amount": s["genome_bp"], "unit": "bp", "times": [seconds],
-            "notes": f"{Path(s['genome_path']).stat().st_size / 2**20:,.0f} MiB file"}
+    return {
+        "amount": s["genome_bp"],
+        "unit": "bp",
+        "times": [seconds],
+        "notes": f"{Path(s['genome_path']).stat().st_size / 2**20:,.0f} MiB file",
+    }
 
 
 def stage_baseline(s: dict) -> dict:
@@ -178,9 +183,13 @@ def stage_read_iter_fasta(s: dict) -> dict:
         return bp, records
 
     times, (bp, records) = _timed(run, s["repeats"], s["warmup"])
-    return {"amount": bp, "unit": "bp", "times": times,
-            "notes": f"{records} record(s), chunk {s['chunk_bytes'] / 2**20:g} MiB",
-            "extra": {"records": records, "chunk_bytes": s["chunk_bytes"]}}
+    return {
+        "amount": bp,
+        "unit": "bp",
+        "times": times,
+        "notes": f"{records} record(s), chunk {s['chunk_bytes'] / 2**20:g} MiB",
+        "extra": {"records": records, "chunk_bytes": s["chunk_bytes"]},
+    }
 
 
 def stage_read_biopython(s: dict) -> dict:
@@ -203,8 +212,13 @@ def stage_read_biopython(s: dict) -> dict:
         return bp, records
 
     times, (bp, records) = _timed(run, s["repeats"], s["warmup"])
-    return {"amount": bp, "unit": "bp", "times": times, "notes": f"{records} record(s)",
-            "extra": {"records": records}}
+    return {
+        "amount": bp,
+        "unit": "bp",
+        "times": times,
+        "notes": f"{records} record(s)",
+        "extra": {"records": records},
+    }
 
 
 def stage_genome_pieces(s: dict) -> dict:
@@ -217,16 +231,25 @@ def stage_genome_pieces(s: dict) -> dict:
         stats: dict = {}
         rows = 0
         for _split, _row in build_genome_pieces(
-            GenomeConfig(fasta=[path]), path, Ledger(on_invalid="skip"), s["seed"], set(),
-            stats, chunk_bytes=s["chunk_bytes"],
+            GenomeConfig(fasta=[path]),
+            path,
+            Ledger(on_invalid="skip"),
+            s["seed"],
+            set(),
+            stats,
+            chunk_bytes=s["chunk_bytes"],
         ):
             rows += 1
         return rows, stats
 
     times, (rows, stats) = _timed(run, s["repeats"], s["warmup"])
-    return {"amount": stats.get("genome/bp_read", 0), "unit": "bp", "times": times,
-            "notes": f"{rows:,d} pieces cut, chunk {s['chunk_bytes'] / 2**20:g} MiB",
-            "extra": {"pieces": rows, "stats": stats, "chunk_bytes": s["chunk_bytes"]}}
+    return {
+        "amount": stats.get("genome/bp_read", 0),
+        "unit": "bp",
+        "times": times,
+        "notes": f"{rows:,d} pieces cut, chunk {s['chunk_bytes'] / 2**20:g} MiB",
+        "extra": {"pieces": rows, "stats": stats, "chunk_bytes": s["chunk_bytes"]},
+    }
 
 
 def stage_prepare(s: dict) -> dict:
@@ -239,10 +262,16 @@ def stage_prepare(s: dict) -> dict:
     output_dir = s["dataset_dir"]
 
     def run():
-        return prepare_dataset(PrepareConfig(
-            sample=False, output_dir=output_dir, seed=s["seed"],
-            genome=GenomeConfig(fasta=[path]), progress=False, on_invalid="skip",
-        ))
+        return prepare_dataset(
+            PrepareConfig(
+                sample=False,
+                output_dir=output_dir,
+                seed=s["seed"],
+                genome=GenomeConfig(fasta=[path]),
+                progress=False,
+                on_invalid="skip",
+            )
+        )
 
     try:
         times, result = _timed(run, s["repeats"], s["warmup"])
@@ -250,19 +279,30 @@ def stage_prepare(s: dict) -> dict:
         genome_totals = manifest["totals"].get("genome", {})
         pieces = sum(t["rows"] for t in genome_totals.values())
         kmers = sum(t["tokens"] for t in genome_totals.values())
-        shard_bytes = sum(info["num_bytes"]
-                          for split in manifest["shards"].get("genome", {}).values()
-                          for info in split)
+        shard_bytes = sum(
+            info["num_bytes"]
+            for split in manifest["shards"].get("genome", {}).values()
+            for info in split
+        )
     finally:
         if not s["keep_dataset"]:
             shutil.rmtree(output_dir, ignore_errors=True)
     stats = manifest["stats"]
-    return {"amount": stats.get("genome/bp_read", 0), "unit": "bp", "times": times,
-            "notes": f"{pieces:,d} pieces written",
-            "extra": {"pieces_written": pieces, "kmers_written": kmers,
-                      "shard_bytes": shard_bytes, "stats": stats, "ledger": manifest["ledger"],
-                      "dataset_sha256": manifest["dataset_sha256"],
-                      "dataset_dir": output_dir if s["keep_dataset"] else None}}
+    return {
+        "amount": stats.get("genome/bp_read", 0),
+        "unit": "bp",
+        "times": times,
+        "notes": f"{pieces:,d} pieces written",
+        "extra": {
+            "pieces_written": pieces,
+            "kmers_written": kmers,
+            "shard_bytes": shard_bytes,
+            "stats": stats,
+            "ledger": manifest["ledger"],
+            "dataset_sha256": manifest["dataset_sha256"],
+            "dataset_dir": output_dir if s["keep_dataset"] else None,
+        },
+    }
 
 
 def stage_kmer_ids(s: dict) -> dict:
@@ -273,9 +313,13 @@ def stage_kmer_ids(s: dict) -> dict:
     setup_rss = _proc_status_mib("VmRSS")
     times, ids = _timed(lambda: tok.kmer_ids(seq), s["repeats"], s["warmup"])
     n = int(ids.size)
-    return {"amount": n, "unit": "tokens", "times": times,
-            "notes": f"one {len(seq) / 1e6:.1f} Mbp sequence, held: {len(seq) / 2**20:.0f} MiB",
-            "extra": {"sequence_bp": len(seq), "rss_after_setup_mib": setup_rss}}
+    return {
+        "amount": n,
+        "unit": "tokens",
+        "times": times,
+        "notes": f"one {len(seq) / 1e6:.1f} Mbp sequence, held: {len(seq) / 2**20:.0f} MiB",
+        "extra": {"sequence_bp": len(seq), "rss_after_setup_mib": setup_rss},
+    }
 
 
 def stage_kmer_encode_batch(s: dict) -> dict:
@@ -283,8 +327,10 @@ def stage_kmer_encode_batch(s: dict) -> dict:
 
     tok = KmerTokenizer(6)
     seq = _load_sequence(s["genome_path"])
-    pieces = [seq[i : i + KMER_PIECE_NT].decode("ascii")
-              for i in range(0, len(seq) - KMER_PIECE_NT + 1, KMER_PIECE_NT)]
+    pieces = [
+        seq[i : i + KMER_PIECE_NT].decode("ascii")
+        for i in range(0, len(seq) - KMER_PIECE_NT + 1, KMER_PIECE_NT)
+    ]
     del seq
     batches = [pieces[i : i + KMER_BATCH] for i in range(0, len(pieces), KMER_BATCH)]
     setup_rss = _proc_status_mib("VmRSS")
@@ -298,19 +344,28 @@ def stage_kmer_encode_batch(s: dict) -> dict:
 
     times, rows = _timed(run, s["repeats"], s["warmup"])
     kmers = rows * (KMER_PIECE_NT - tok.k + 1)
-    return {"amount": kmers, "unit": "tokens", "times": times,
-            "notes": f"{len(pieces):,d} x {KMER_PIECE_NT} nt, {KMER_BATCH}/batch",
-            "extra": {"pieces": len(pieces), "batch": KMER_BATCH,
-                      "tokens_counted": "k-mers (506 per piece; [CLS]/[SEP]/[PAD] excluded)",
-                      "rss_after_setup_mib": setup_rss}}
+    return {
+        "amount": kmers,
+        "unit": "tokens",
+        "times": times,
+        "notes": f"{len(pieces):,d} x {KMER_PIECE_NT} nt, {KMER_BATCH}/batch",
+        "extra": {
+            "pieces": len(pieces),
+            "batch": KMER_BATCH,
+            "tokens_counted": "k-mers (506 per piece; [CLS]/[SEP]/[PAD] excluded)",
+            "rss_after_setup_mib": setup_rss,
+        },
+    }
 
 
 def _char_documents(s: dict) -> list[str]:
     from bsm_ray.tokenizers.char import format_document
 
     seq = _load_sequence(s["genome_path"], limit_bp=s["char_bp"]).decode("ascii")
-    return [format_document([("dna", seq[i : i + CHAR_DOC_LETTERS])])
-            for i in range(0, len(seq), CHAR_DOC_LETTERS)]
+    return [
+        format_document([("dna", seq[i : i + CHAR_DOC_LETTERS])])
+        for i in range(0, len(seq), CHAR_DOC_LETTERS)
+    ]
 
 
 def stage_char_encode(s: dict) -> dict:
@@ -330,10 +385,13 @@ def stage_char_encode(s: dict) -> dict:
     times, n = _timed(run, s["repeats"], s["warmup"])
     assert n == tokens, (n, tokens)  # correctness of the count, not timing
     letters = sum(len(d) for d in docs) - len(docs) * len("<dna>")
-    return {"amount": tokens, "unit": "tokens", "times": times,
-            "notes": f"{len(docs):,d} docs of {CHAR_DOC_LETTERS} letters ({letters / 1e6:g} Mbp)",
-            "extra": {"documents": len(docs), "letters": letters,
-                      "rss_after_setup_mib": setup_rss}}
+    return {
+        "amount": tokens,
+        "unit": "tokens",
+        "times": times,
+        "notes": f"{len(docs):,d} docs of {CHAR_DOC_LETTERS} letters ({letters / 1e6:g} Mbp)",
+        "extra": {"documents": len(docs), "letters": letters, "rss_after_setup_mib": setup_rss},
+    }
 
 
 def stage_char_encode_batch(s: dict) -> dict:
@@ -354,10 +412,13 @@ def stage_char_encode_batch(s: dict) -> dict:
 
     times, n = _timed(run, s["repeats"], s["warmup"])
     assert n == tokens, (n, tokens)
-    return {"amount": tokens, "unit": "tokens", "times": times,
-            "notes": f"{len(docs):,d} docs, {CHAR_BATCH}/batch",
-            "extra": {"documents": len(docs), "batch": CHAR_BATCH,
-                      "rss_after_setup_mib": setup_rss}}
+    return {
+        "amount": tokens,
+        "unit": "tokens",
+        "times": times,
+        "notes": f"{len(docs):,d} docs, {CHAR_BATCH}/batch",
+        "extra": {"documents": len(docs), "batch": CHAR_BATCH, "rss_after_setup_mib": setup_rss},
+    }
 
 
 STAGE_FUNCTIONS = {
@@ -421,9 +482,19 @@ def _spawn_stage(name: str, settings: dict, work_dir: Path) -> dict:
     result_path = work_dir / f"{name}.json"
     if result_path.exists():
         result_path.unlink()
-    cmd = [sys.executable, "-c", _LAUNCHER,
-           sys.executable, str(Path(__file__).resolve()), "--stage", name,
-           "--stage-settings", json.dumps(settings), "--stage-result", str(result_path)]
+    cmd = [
+        sys.executable,
+        "-c",
+        _LAUNCHER,
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--stage",
+        name,
+        "--stage-settings",
+        json.dumps(settings),
+        "--stage-result",
+        str(result_path),
+    ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     t0 = time.perf_counter()
@@ -448,20 +519,31 @@ def _ensure_genome(args, settings: dict, work_dir: Path) -> dict:
     """Generate the genome FASTA (in a subprocess) unless an identical one is already there."""
     path = Path(settings["genome_path"])
     sidecar = path.with_name(path.name + ".json")
-    wanted = {"genome_bp": settings["genome_bp"], "seed": settings["seed"],
-              "num_chromosomes": settings["num_chromosomes"], "gzip": bool(args.gzip),
-              "generator": "bsm_ray.data.samples.write_synthetic_genome"}
+    wanted = {
+        "genome_bp": settings["genome_bp"],
+        "seed": settings["seed"],
+        "num_chromosomes": settings["num_chromosomes"],
+        "gzip": bool(args.gzip),
+        "generator": "bsm_ray.data.samples.write_synthetic_genome",
+    }
     if not args.regenerate and path.is_file() and sidecar.is_file():
         try:
             meta = json.loads(sidecar.read_text())
         except ValueError:
             meta = {}
-        if all(meta.get(k) == v for k, v in wanted.items()) and meta.get(
-                "bytes") == path.stat().st_size:
+        if (
+            all(meta.get(k) == v for k, v in wanted.items())
+            and meta.get("bytes") == path.stat().st_size
+        ):
             return {**meta, "reused": True}
     result = _spawn_stage("generate", settings, work_dir)
-    meta = {**wanted, "bytes": path.stat().st_size, "seconds": result["times"][0],
-            "peak_rss_mib": result["peak_rss_mib"], "vm_hwm_mib": result["vm_hwm_mib"]}
+    meta = {
+        **wanted,
+        "bytes": path.stat().st_size,
+        "seconds": result["times"][0],
+        "peak_rss_mib": result["peak_rss_mib"],
+        "vm_hwm_mib": result["vm_hwm_mib"],
+    }
     _atomic_write_json(sidecar, meta)
     return {**meta, "reused": False}
 
@@ -483,18 +565,26 @@ def _fmt_rate(amount, unit, seconds) -> str:
 
 def format_table(rows: list[dict]) -> str:
     header = ("stage", "amount", "seconds", "throughput", "peak RSS MiB", "+base MiB", "notes")
-    lines = [[r["label"], _fmt_amount(r["amount"], r["unit"]),
-              "-" if r["seconds"] is None else f"{r['seconds']:.3f}",
-              _fmt_rate(r["amount"], r["unit"], r["seconds"]),
-              f"{r['peak_rss_mib']:,.1f}",
-              "-" if r["over_baseline_mib"] is None else f"{r['over_baseline_mib']:+,.1f}",
-              r.get("notes", "")] for r in rows]
+    lines = [
+        [
+            r["label"],
+            _fmt_amount(r["amount"], r["unit"]),
+            "-" if r["seconds"] is None else f"{r['seconds']:.3f}",
+            _fmt_rate(r["amount"], r["unit"], r["seconds"]),
+            f"{r['peak_rss_mib']:,.1f}",
+            "-" if r["over_baseline_mib"] is None else f"{r['over_baseline_mib']:+,.1f}",
+            r.get("notes", ""),
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
     right = {1, 2, 3, 4, 5}
 
     def fmt(cells) -> str:
-        return "  ".join((str(c).rjust(w) if i in right else str(c).ljust(w))
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+        return "  ".join(
+            (str(c).rjust(w) if i in right else str(c).ljust(w))
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([fmt(header), rule, *(fmt(cells) for cells in lines)])
@@ -502,30 +592,59 @@ def format_table(rows: list[dict]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Ingestion (prepare_dataset) and tokenizer throughput on a synthetic genome.")
-    p.add_argument("--genome-mbp", type=float, default=None,
-                   help="genome size in Mbp (10^6 bp); default 50 (2 with --quick)")
-    p.add_argument("--num-chromosomes", type=int, default=1,
-                   help="records in the genome FASTA (default 1: one chromosome-sized record)")
-    p.add_argument("--out", default=str(REPO_ROOT / "bench" / "out"),
-                   help="folder for the genome, the scratch dataset and the JSON result")
+        description="Ingestion (prepare_dataset) and tokenizer throughput on a synthetic genome."
+    )
+    p.add_argument(
+        "--genome-mbp",
+        type=float,
+        default=None,
+        help="genome size in Mbp (10^6 bp); default 50 (2 with --quick)",
+    )
+    p.add_argument(
+        "--num-chromosomes",
+        type=int,
+        default=1,
+        help="records in the genome FASTA (default 1: one chromosome-sized record)",
+    )
+    p.add_argument(
+        "--out",
+        default=str(REPO_ROOT / "bench" / "out"),
+        help="folder for the genome, the scratch dataset and the JSON result",
+    )
     p.add_argument("--seed", type=int, default=0, help="genome and prepare_dataset seed")
-    p.add_argument("--chunk-mb", type=float, default=4.0,
-                   help="chunk size in MiB for the iter_fasta and build_genome_pieces rows "
-                        "(prepare_dataset uses the library default, 4 MiB)")
+    p.add_argument(
+        "--chunk-mb",
+        type=float,
+        default=4.0,
+        help="chunk size in MiB for the iter_fasta and build_genome_pieces rows "
+        "(prepare_dataset uses the library default, 4 MiB)",
+    )
     p.add_argument("--gzip", action="store_true", help="write and ingest a gzipped FASTA")
-    p.add_argument("--char-mbp", type=float, default=None,
-                   help="Mbp of the genome for the BSM char tokenizer rows (default 10, 1 quick)")
+    p.add_argument(
+        "--char-mbp",
+        type=float,
+        default=None,
+        help="Mbp of the genome for the BSM char tokenizer rows (default 10, 1 quick)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed runs per stage (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
-    p.add_argument("--stages", default=",".join(STAGE_NAMES),
-                   help=f"comma-separated subset of: {', '.join(STAGE_NAMES)}")
-    p.add_argument("--quick", action="store_true",
-                   help=f"small smoke run ({QUICK_GENOME_MBP:g} Mbp genome, "
-                        f"{QUICK_CHAR_MBP:g} Mbp for the char tokenizer)")
+    p.add_argument(
+        "--stages",
+        default=",".join(STAGE_NAMES),
+        help=f"comma-separated subset of: {', '.join(STAGE_NAMES)}",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"small smoke run ({QUICK_GENOME_MBP:g} Mbp genome, "
+        f"{QUICK_CHAR_MBP:g} Mbp for the char tokenizer)",
+    )
     p.add_argument("--regenerate", action="store_true", help="rewrite the genome even if present")
-    p.add_argument("--keep-dataset", action="store_true",
-                   help="keep the dataset prepare_dataset wrote (default: removed)")
+    p.add_argument(
+        "--keep-dataset",
+        action="store_true",
+        help="keep the dataset prepare_dataset wrote (default: removed)",
+    )
     # Hidden: the driver runs every stage as `--stage NAME` in a fresh subprocess.
     p.add_argument("--stage", choices=sorted(STAGE_FUNCTIONS), help=argparse.SUPPRESS)
     p.add_argument("--stage-settings", help=argparse.SUPPRESS)
@@ -583,11 +702,14 @@ def main(argv: list[str] | None = None) -> dict:
     baseline = results["baseline"]["peak_rss_mib"]
     # The stages inherit the launcher's small high-water mark, whatever this process holds;
     # a stage whose ru_maxrss is far above its own image's VmHWM would show it did not.
-    inherited = [r["stage"] for r in (*results.values(), {"stage": "generate", **genome})
-                 if r.get("vm_hwm_mib") and r["peak_rss_mib"] > r["vm_hwm_mib"] + 8]
+    inherited = [
+        r["stage"]
+        for r in (*results.values(), {"stage": "generate", **genome})
+        if r.get("vm_hwm_mib") and r["peak_rss_mib"] > r["vm_hwm_mib"] + 8
+    ]
 
     per_record = genome_bp // args.num_chromosomes
-    record_desc = (f"{args.num_chromosomes} record(s) of {per_record / 1e6:g} Mbp")
+    record_desc = f"{args.num_chromosomes} record(s) of {per_record / 1e6:g} Mbp"
     generate_row = {
         "stage": "generate",
         "label": "generate genome (not ingestion)",
@@ -605,22 +727,26 @@ def main(argv: list[str] | None = None) -> dict:
     for name in wanted:
         r = results[name]
         times = r.get("times") or []
-        rows.append({
-            "stage": name,
-            "label": labels[name],
-            "amount": r.get("amount"),
-            "unit": r.get("unit"),
-            "seconds": statistics.median(times) if times else None,
-            "times": times,
-            "peak_rss_mib": r["peak_rss_mib"],
-            "vm_hwm_mib": r.get("vm_hwm_mib"),
-            "over_baseline_mib": None if name == "baseline" else r["peak_rss_mib"] - baseline,
-            "rss_after_import_mib": r.get("rss_after_import_mib"),
-            "import_seconds": r.get("import_seconds"),
-            "subprocess_wall_seconds": r.get("subprocess_wall_seconds"),
-            "notes": r.get("notes", "") if name != "baseline" else "fresh interpreter + imports",
-            "extra": r.get("extra", {}),
-        })
+        rows.append(
+            {
+                "stage": name,
+                "label": labels[name],
+                "amount": r.get("amount"),
+                "unit": r.get("unit"),
+                "seconds": statistics.median(times) if times else None,
+                "times": times,
+                "peak_rss_mib": r["peak_rss_mib"],
+                "vm_hwm_mib": r.get("vm_hwm_mib"),
+                "over_baseline_mib": None if name == "baseline" else r["peak_rss_mib"] - baseline,
+                "rss_after_import_mib": r.get("rss_after_import_mib"),
+                "import_seconds": r.get("import_seconds"),
+                "subprocess_wall_seconds": r.get("subprocess_wall_seconds"),
+                "notes": r.get("notes", "")
+                if name != "baseline"
+                else "fresh interpreter + imports",
+                "extra": r.get("extra", {}),
+            }
+        )
         if name == "baseline":
             rows.append(generate_row)
     for row in rows:
@@ -640,13 +766,22 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "ingest_throughput",
         "created_unix": started,
         "wall_seconds": time.time() - started,
-        "settings": {**settings, "gzip": bool(args.gzip), "genome_mbp": args.genome_mbp,
-                     "char_mbp": args.char_mbp, "quick": bool(args.quick)},
+        "settings": {
+            **settings,
+            "gzip": bool(args.gzip),
+            "genome_mbp": args.genome_mbp,
+            "char_mbp": args.char_mbp,
+            "quick": bool(args.quick),
+        },
         "genome": {"path": str(genome_path), **genome},
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count(), **versions},
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            **versions,
+        },
         "rss_note": "peak_rss_mib = getrusage(RUSAGE_SELF).ru_maxrss of the stage's own "
-                    "subprocess; over_baseline_mib = that minus the imports-only subprocess",
+        "subprocess; over_baseline_mib = that minus the imports-only subprocess",
         "baseline_rss_mib": baseline,
         "driver_peak_rss_mib": _peak_rss_mib(),
         "rows": rows,
@@ -654,15 +789,21 @@ def main(argv: list[str] | None = None) -> dict:
     result_path = out / RESULT_NAME
     _atomic_write_json(result_path, report)
 
-    print(f"genome: {genome_path} ({record_desc}; {'gzip' if args.gzip else 'plain'}, "
-          f"seed {args.seed}); median of {args.repeats} after {args.warmup} warm-up; "
-          f"peak RSS = ru_maxrss of each stage's own subprocess")
+    print(
+        f"genome: {genome_path} ({record_desc}; {'gzip' if args.gzip else 'plain'}, "
+        f"seed {args.seed}); median of {args.repeats} after {args.warmup} warm-up; "
+        f"peak RSS = ru_maxrss of each stage's own subprocess"
+    )
     print(format_table(rows))
     if inherited:
-        print(f"WARNING: ru_maxrss of {', '.join(inherited)} exceeds the stage's own VmHWM by "
-              "more than 8 MiB: it may include memory inherited at exec (see vm_hwm_mib)")
-    print(f"baseline (imports only) {baseline:,.1f} MiB; "
-          f"python {platform.python_version()}, {os.cpu_count()} CPUs; -> {result_path}")
+        print(
+            f"WARNING: ru_maxrss of {', '.join(inherited)} exceeds the stage's own VmHWM by "
+            "more than 8 MiB: it may include memory inherited at exec (see vm_hwm_mib)"
+        )
+    print(
+        f"baseline (imports only) {baseline:,.1f} MiB; "
+        f"python {platform.python_version()}, {os.cpu_count()} CPUs; -> {result_path}"
+    )
     try:
         work_dir.rmdir()
     except OSError:

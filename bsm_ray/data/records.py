@@ -164,9 +164,8 @@ def iter_fasta(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[FastaCh
                     title = data[pos + 1 : end].strip().decode("utf-8", errors="replace")
                     if not title:
                         line_no = lines_done + data.count(b"\n", 0, pos) + 1
-                        raise InputError(
-                            path, f"#{index + 2}", "malformed_fasta", f"empty header at line {line_no}"
-                        )
+                        detail = f"empty header at line {line_no}"
+                        raise InputError(path, f"#{index + 2}", "malformed_fasta", detail)
                     index += 1
                     record_id, description = title.split(None, 1)[0], title
                     buf, size, first = [], 0, True

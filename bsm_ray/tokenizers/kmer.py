@@ -116,7 +116,8 @@ class KmerTokenizer:
         # Start positions end_r - (k-1) .. end_r - 1 of every row r (clipped to its own start).
         tail = np.minimum(lengths, k - 1)
         row = np.repeat(np.arange(len(parts)), tail)
-        drop = ends[row] - tail[row] + (np.arange(tail.sum()) - np.repeat(np.cumsum(tail) - tail, tail))
+        within = np.arange(tail.sum()) - np.repeat(np.cumsum(tail) - tail, tail)
+        drop = ends[row] - tail[row] + within
         keep = np.ones(all_ids.size, dtype=bool)
         keep[drop[drop < all_ids.size]] = False
         return all_ids[keep], offsets
