@@ -222,25 +222,19 @@ def stage_read_biopython(s: dict) -> dict:
 
 
 def stage_genome_pieces(s: dict) -> dict:
-    from bsm_ray.data.builders import GenomeConfig, build_genome_pieces
+    from bsm_ray.data.builders import BuildContext, GenomeConfig, build_genome_pieces
     from bsm_ray.data.records import Ledger
 
     path = s["genome_path"]
 
     def run():
-        stats: dict = {}
+        ctx = BuildContext(Ledger(on_invalid="skip"), seed=s["seed"])
         rows = 0
         for _split, _row in build_genome_pieces(
-            GenomeConfig(fasta=[path]),
-            path,
-            Ledger(on_invalid="skip"),
-            s["seed"],
-            set(),
-            stats,
-            chunk_bytes=s["chunk_bytes"],
+            GenomeConfig(fasta=[path]), path, ctx, chunk_bytes=s["chunk_bytes"]
         ):
             rows += 1
-        return rows, stats
+        return rows, ctx.stats
 
     times, (rows, stats) = _timed(run, s["repeats"], s["warmup"])
     return {

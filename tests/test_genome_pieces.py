@@ -8,19 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bsm_ray.data.builders import GenomeConfig, build_genome_pieces
+from bsm_ray.data.builders import BuildContext, GenomeConfig, build_genome_pieces
 from bsm_ray.data.records import Ledger
 from bsm_ray.data.samples import write_synthetic_genome
 from bsm_ray.errors import InputError
 
 
 def _pieces(path, cfg=None, seed=0, chunk_bytes=1 << 22, on_invalid="error"):
-    ledger, stats = Ledger(on_invalid=on_invalid), {}
-    out = list(
-        build_genome_pieces(cfg or GenomeConfig(), str(path), ledger, seed, set(), stats,
-                            chunk_bytes=chunk_bytes)
-    )  # fmt: skip
-    return out, ledger, stats
+    ctx = BuildContext(Ledger(on_invalid=on_invalid), seed=seed)
+    out = list(build_genome_pieces(cfg or GenomeConfig(), str(path), ctx, chunk_bytes=chunk_bytes))
+    return out, ctx.ledger, ctx.stats
 
 
 def _random_genome(tmp_path: Path, bp: int, seed: int = 0, name="g.fa") -> tuple[Path, str]:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import gzip
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from bsm_ray.data.builders import RefSeqConfig, SingleInput, build_refseq_pairs, build_single
+from bsm_ray.data.builders import (
+    BuildContext,
+    RefSeqConfig,
+    SingleInput,
+    build_refseq_pairs,
+    build_single,
+)
 from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
 from bsm_ray.data.records import Ledger, iter_fasta, read_fasta_records
 from bsm_ray.errors import BsmRayError, InputError
@@ -28,9 +33,7 @@ def test_every_file_of_biopythons_genbank_corpus_is_handled(genbank_dir):
     for path in _genbank_files(genbank_dir):
         ledger = Ledger(on_invalid="error")
         try:
-            rows = list(
-                build_refseq_pairs(RefSeqConfig(), str(path), ledger, 0, 0.1, set(), {}, Counter())
-            )
+            rows = list(build_refseq_pairs(RefSeqConfig(), str(path), BuildContext(ledger, 0, 0.1)))
             outcomes[path.name] = ("ok", len(rows))
         except InputError as exc:
             msg = str(exc)
@@ -38,11 +41,7 @@ def test_every_file_of_biopythons_genbank_corpus_is_handled(genbank_dir):
             outcomes[path.name] = ("error", exc.reason)
             skip = Ledger(on_invalid="skip")
             try:
-                list(
-                    build_refseq_pairs(
-                        RefSeqConfig(), str(path), skip, 0, 0.1, set(), {}, Counter()
-                    )
-                )
+                list(build_refseq_pairs(RefSeqConfig(), str(path), BuildContext(skip, 0, 0.1)))
             except InputError as whole_file:  # unparseable file: the caller counts it
                 skip.invalid("refseq_pair", whole_file)
             assert skip.num_skipped() >= 1
@@ -100,7 +99,7 @@ def _fasta(tmp_path: Path, name: str, text: str) -> Path:
 def _single(path, modality="protein", on_invalid="error", max_doc_letters=1000, t_to_u=False):
     ledger = Ledger(on_invalid=on_invalid)
     spec = SingleInput(str(path), modality, t_to_u=t_to_u)
-    rows = [r for _s, r in build_single(spec, ledger, 0, 0.0, max_doc_letters, set(), {})]
+    rows = [r for _s, r in build_single(spec, BuildContext(ledger), max_doc_letters)]
     return rows, ledger
 
 

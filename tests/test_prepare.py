@@ -143,3 +143,20 @@ def test_unknown_config_key_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: genome: unknown key(s) ['bogus']; valid keys are")
     assert "Traceback" not in proc.stderr
+
+
+def test_sample_corpus_without_registry_is_a_clear_error(tmp_path, monkeypatch):
+    """With the package registry unreachable, building the sample corpus says so in one line."""
+    from bsm_ray.data.samples import biopython_tests_dir
+    from bsm_ray.errors import SampleDataUnavailable
+
+    monkeypatch.setenv("BSM_RAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # no index at all, and no local wheels/sdists
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    monkeypatch.delenv("BSM_RAY_BIOPYTHON_SDIST", raising=False)
+    with pytest.raises(SampleDataUnavailable) as info:
+        biopython_tests_dir()
+    msg = str(info.value)
+    assert "could not fetch Biopython" in msg and "BSM_RAY_BIOPYTHON_SDIST" in msg
+    assert "\n" not in msg
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-fetched left behind

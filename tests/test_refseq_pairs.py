@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from Bio import SeqIO
 
-from bsm_ray.data.builders import RefSeqConfig, build_refseq_pairs, shuffled_combination
+from bsm_ray.data.builders import (
+    BuildContext,
+    RefSeqConfig,
+    build_refseq_pairs,
+    shuffled_combination,
+)
 from bsm_ray.data.records import Ledger
 from bsm_ray.errors import InputError
 from bsm_ray.tokenizers import BsmCharTokenizer
@@ -29,7 +34,7 @@ def _run(path, flank_bp=0, on_invalid="error", seed=0):
     rows = [
         row
         for _split, row in build_refseq_pairs(
-            RefSeqConfig(flank_bp=flank_bp), str(path), ledger, seed, 0.1, set(), {}, Counter()
+            RefSeqConfig(flank_bp=flank_bp), str(path), BuildContext(ledger, seed, 0.1)
         )
     ]
     return rows, ledger

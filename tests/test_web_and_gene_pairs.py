@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bsm_ray.data.builders import (
+    BuildContext,
     GenePairsConfig,
     WebConfig,
     _partition_2_or_3,
@@ -66,7 +67,7 @@ def test_web_keeps_documents_with_three_or_more_sequences(tmp_path):
         {"id": "d3"}, {"id": "d1", "text": three},
     ])  # fmt: skip
     ledger = Ledger(on_invalid="skip")
-    rows = [r for _s, r in build_web(WebConfig(), str(path), ledger, 0, 0.0, set(), {})]
+    rows = [r for _s, r in build_web(WebConfig(), str(path), BuildContext(ledger))]
     assert [r["doc_id"] for r in rows] == ["d1"]
     assert rows[0]["text"] == f"<dna>{DNA60}<sep><protein>{PROT}<sep><dna>{DNA60[::-1]}"
     assert rows[0]["modalities"] == ["dna", "protein", "dna"]
@@ -87,7 +88,7 @@ def test_web_reads_parquet_text_column(tmp_path):
     pq.write_table(pa.table({"content": [three, "no sequences here"]}), path)
     ledger = Ledger()
     cfg = WebConfig(text_field="content")
-    rows = [r for _s, r in build_web(cfg, str(path), ledger, 0, 0.0, set(), {})]
+    rows = [r for _s, r in build_web(cfg, str(path), BuildContext(ledger))]
     assert len(rows) == 1 and rows[0]["doc_id"] == f"{path}:1"
 
 
@@ -118,7 +119,7 @@ def test_gene_pairs_group_pair_and_account_for_everything(tmp_path):
     )
     ledger = Ledger(on_invalid="skip")
     cfg = GenePairsConfig(tsv=str(tsv), fasta=[str(fasta)])
-    rows = [r for _s, r in build_gene_pairs(cfg, ledger, 0, 0.0, {})]
+    rows = [r for _s, r in build_gene_pairs(cfg, BuildContext(ledger))]
     assert len(rows) == 1  # G1: 3 sequences -> one group of 3 (or 2+... never a singleton)
     row = rows[0]
     assert sorted(row["modalities"]) == ["dna", "protein", "rna"]
@@ -140,8 +141,8 @@ def test_gene_pair_orders_vary_and_are_seeded(tmp_path):
     fasta.write_text("\n".join(recs) + "\n")
     tsv.write_text("\n".join(lines) + "\n")
     cfg = GenePairsConfig(tsv=str(tsv), fasta=[str(fasta)])
-    a = [tuple(r["modalities"]) for _s, r in build_gene_pairs(cfg, Ledger(), 0, 0.0, {})]
-    b = [tuple(r["modalities"]) for _s, r in build_gene_pairs(cfg, Ledger(), 0, 0.0, {})]
+    a = [tuple(r["modalities"]) for _s, r in build_gene_pairs(cfg, BuildContext())]
+    b = [tuple(r["modalities"]) for _s, r in build_gene_pairs(cfg, BuildContext())]
     assert a == b
     counts = Counter(a)
     assert set(counts) == {("rna", "protein"), ("protein", "rna")}

@@ -29,9 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -72,6 +73,23 @@ def split_of(seed: int, key: str, val_fraction: float) -> str:
     """Deterministic train/val assignment by a hash of the group key (no leakage within a group)."""
     u = stable_hash("split", seed, key) / 2.0**64
     return "val" if u < val_fraction else "train"
+
+
+@dataclass
+class BuildContext:
+    """What every builder shares in one run: the skip ledger, the seed, the val fraction,
+    statistics (bp read, pieces, ...), parser warnings and the ids seen per kind."""
+
+    ledger: Ledger = field(default_factory=Ledger)
+    seed: int = 0
+    val_fraction: float = 0.0
+    progress: bool = False
+    stats: Counter = field(default_factory=Counter)
+    warnings: Counter = field(default_factory=Counter)
+    seen: dict[str, set] = field(default_factory=lambda: defaultdict(set))
+
+    def split(self, key: str) -> str:
+        return split_of(self.seed, key, self.val_fraction)
 
 
 def doc_row(
@@ -128,15 +146,10 @@ class SingleInput:
 
 
 def build_single(
-    spec: SingleInput,
-    ledger: Ledger,
-    seed: int,
-    val_fraction: float,
-    max_doc_letters: int,
-    seen_ids: set[str],
-    stats: dict,
+    spec: SingleInput, ctx: BuildContext, max_doc_letters: int
 ) -> Iterator[tuple[str, Row]]:
     kind = f"single_{spec.modality}"
+    ledger, seen_ids = ctx.ledger, ctx.seen[kind]
     path = spec.path
     pending: list[tuple[str, bytes]] = []
     skipping = False
@@ -179,14 +192,14 @@ def build_single(
             if offset == 0:
                 ledger.invalid(kind, InputError(path, record_id, "empty_sequence"))
                 continue
-            split = split_of(seed, record_id, val_fraction)
+            split = ctx.split(record_id)
             if len(pending) == 1:  # the usual case: the whole record is one document
                 pending = [(record_id, pending[0][1])]
             for doc_id, piece in pending:
                 segments = [(spec.modality, piece.decode("ascii"))]
                 yield split, doc_row(doc_id, kind, segments, path, record_id)
-            stats[f"{kind}/records"] = stats.get(f"{kind}/records", 0) + 1
-            stats[f"{kind}/letters"] = stats.get(f"{kind}/letters", 0) + offset
+            ctx.stats[f"{kind}/records"] += 1
+            ctx.stats[f"{kind}/letters"] += offset
             pending = []
 
 
@@ -254,19 +267,13 @@ def _gene_dna(feature, record_seq, flank_bp: int) -> tuple[str | None, str | Non
 
 
 def build_refseq_pairs(
-    config: RefSeqConfig,
-    path: str,
-    ledger: Ledger,
-    seed: int,
-    val_fraction: float,
-    seen_ids: set[str],
-    stats: dict,
-    warning_counts: dict,
+    config: RefSeqConfig, path: str, ctx: BuildContext
 ) -> Iterator[tuple[str, Row]]:
     from Bio.Seq import UndefinedSequenceError
 
     kind = "refseq_pair"
-    for record in iter_genbank(path, warning_counts):
+    ledger, seen_ids = ctx.ledger, ctx.seen[kind]
+    for record in iter_genbank(path, ctx.warnings):
         rid = record.id
         if rid in seen_ids:
             ledger.invalid(kind, InputError(path, rid, "duplicate_id"))
@@ -290,7 +297,7 @@ def build_refseq_pairs(
             ledger.invalid(kind, InputError(path, rid, "no_sequence", "record has no ORIGIN data"))
             continue
         cds_features = [f for f in record.features if f.type == "CDS"]
-        stats["refseq_pair/cds_seen"] = stats.get("refseq_pair/cds_seen", 0) + len(cds_features)
+        ctx.stats["refseq_pair/cds_seen"] += len(cds_features)
         if not cds_features:
             ledger.note(kind, "record_without_cds", rid)
         for index, feature in enumerate(cds_features):
@@ -342,10 +349,10 @@ def build_refseq_pairs(
             else:
                 members.insert(0, ("dna", dna))
             doc_id = f"{rid}|{label}|{index}"
-            rng = item_rng(seed, kind, doc_id)
+            rng = item_rng(ctx.seed, kind, doc_id)
             segments = shuffled_combination(rng, members)
-            split = split_of(seed, f"{rid}|{q.get('locus_tag', [label])[0]}", val_fraction)
-            stats["refseq_pair/docs"] = stats.get("refseq_pair/docs", 0) + 1
+            split = ctx.split(f"{rid}|{q.get('locus_tag', [label])[0]}")
+            ctx.stats["refseq_pair/docs"] += 1
             yield split, doc_row(doc_id, kind, segments, path, where)
 
 
@@ -431,14 +438,9 @@ def _read_gene_map(path: str, ledger: Ledger) -> dict[str, list[tuple[str, str |
     return genes
 
 
-def build_gene_pairs(
-    config: GenePairsConfig,
-    ledger: Ledger,
-    seed: int,
-    val_fraction: float,
-    stats: dict,
-) -> Iterator[tuple[str, Row]]:
+def build_gene_pairs(config: GenePairsConfig, ctx: BuildContext) -> Iterator[tuple[str, Row]]:
     kind = "gene_pair"
+    ledger = ctx.ledger
     if config.tsv is None:
         return
     genes = _read_gene_map(config.tsv, ledger)
@@ -482,17 +484,17 @@ def build_gene_pairs(
         if len(members) < 2:
             ledger.note(kind, "gene_fewer_than_2_sequences", gene_id)
             continue
-        rng = item_rng(seed, kind, gene_id)
+        rng = item_rng(ctx.seed, kind, gene_id)
         order = rng.permutation(len(members))
         groups = _partition_2_or_3(rng, len(members))
-        split = split_of(seed, gene_id, val_fraction)
+        split = ctx.split(gene_id)
         start = 0
         for g, size in enumerate(groups):
             chosen = [members[i] for i in order[start : start + size]]
             start += size
             segments = [(m, s) for _acc, (m, s, _p) in chosen]
             accs = ",".join(acc for acc, _ in chosen)
-            stats["gene_pair/docs"] = stats.get("gene_pair/docs", 0) + 1
+            ctx.stats["gene_pair/docs"] += 1
             yield (
                 split,
                 doc_row(
@@ -574,18 +576,11 @@ def _iter_text_documents(path: str, cfg: WebConfig, ledger: Ledger) -> Iterator[
             yield (str(doc_id) if doc_id is not None else f"{path}:{line_no}"), text
 
 
-def build_web(
-    cfg: WebConfig,
-    path: str,
-    ledger: Ledger,
-    seed: int,
-    val_fraction: float,
-    seen_ids: set[str],
-    stats: dict,
-) -> Iterator[tuple[str, Row]]:
+def build_web(cfg: WebConfig, path: str, ctx: BuildContext) -> Iterator[tuple[str, Row]]:
     kind = "web"
+    ledger, seen_ids = ctx.ledger, ctx.seen[kind]
     for doc_id, text in _iter_text_documents(path, cfg, ledger):
-        stats["web/documents_read"] = stats.get("web/documents_read", 0) + 1
+        ctx.stats["web/documents_read"] += 1
         if doc_id in seen_ids:
             ledger.invalid(kind, InputError(path, doc_id, "duplicate_id"))
             continue
@@ -595,8 +590,8 @@ def build_web(
             ledger.note(kind, f"fewer_than_{cfg.min_sequences}_sequences")
             continue
         segments = [(s.modality, s.seq) for s in found]
-        stats["web/sequences"] = stats.get("web/sequences", 0) + len(found)
-        yield split_of(seed, doc_id, val_fraction), doc_row(doc_id, kind, segments, path, doc_id)
+        ctx.stats["web/sequences"] += len(found)
+        yield ctx.split(doc_id), doc_row(doc_id, kind, segments, path, doc_id)
 
 
 # --- genome pieces (GeneMask recipe) ------------------------------------------------------------
@@ -656,14 +651,7 @@ class _PieceLengths:
 
 
 def build_genome_pieces(
-    cfg: GenomeConfig,
-    path: str,
-    ledger: Ledger,
-    seed: int,
-    seen_pieces: set[bytes],
-    stats: dict,
-    chunk_bytes: int = 1 << 22,
-    progress=None,
+    cfg: GenomeConfig, path: str, ctx: BuildContext, chunk_bytes: int = 1 << 22
 ) -> Iterator[tuple[str, Row]]:
     """Stream one genome FASTA into pieces; memory O(chunk_bytes) per chromosome.
 
@@ -673,7 +661,16 @@ def build_genome_pieces(
     the next drawn length is dropped and counted in bp. Non-IUPAC characters make the chromosome
     invalid from that point (raise, or skip the rest of it and count).
     """
+    from tqdm import tqdm
+
+    with tqdm(desc=f"  {Path(path).name}", unit="bp", unit_scale=True, leave=False,
+              disable=not ctx.progress) as progress:  # fmt: skip
+        yield from _genome_pieces(cfg, path, ctx, chunk_bytes, progress)
+
+
+def _genome_pieces(cfg, path, ctx, chunk_bytes, progress):
     kind = "genome"
+    ledger = ctx.ledger
     carry = b""
     lengths: _PieceLengths | None = None
     skip_left = 0
@@ -682,8 +679,7 @@ def build_genome_pieces(
     chrom = ""
     seen_chroms: set[str] = set()
     for chunk in iter_fasta(path, chunk_bytes=chunk_bytes):
-        if progress is not None:
-            progress.update(len(chunk.seq))
+        progress.update(len(chunk.seq))
         if chunk.first:
             chrom = chunk.record_id
             carry, offset, invalid = b"", 0, False
@@ -691,16 +687,16 @@ def build_genome_pieces(
                 ledger.invalid(kind, InputError(path, chrom, "duplicate_id"))
                 invalid = True
             seen_chroms.add(chrom)
-            rng = item_rng(seed, kind, chrom)
+            rng = item_rng(ctx.seed, kind, chrom)
             skip_left = int(rng.integers(0, cfg.max_start_offset)) if cfg.max_start_offset else 0
             lengths = _PieceLengths(rng, cfg)
-            stats["genome/chromosomes"] = stats.get("genome/chromosomes", 0) + 1
+            ctx.stats["genome/chromosomes"] += 1
         if invalid:
             continue
         raw = chunk.seq.upper()
-        stats["genome/bp_read"] = stats.get("genome/bp_read", 0) + len(raw)
+        ctx.stats["genome/bp_read"] += len(raw)
         seq = raw.replace(b"N", b"")
-        stats["genome/n_removed"] = stats.get("genome/n_removed", 0) + len(raw) - len(seq)
+        ctx.stats["genome/n_removed"] += len(raw) - len(seq)
         bad = first_invalid(seq, "dna")
         if bad >= 0:
             ledger.invalid(
@@ -718,19 +714,17 @@ def build_genome_pieces(
             dropped = min(skip_left, len(seq))
             seq, skip_left = seq[dropped:], skip_left - dropped
             offset += dropped
-            stats["genome/start_offset_bp"] = stats.get("genome/start_offset_bp", 0) + dropped
+            ctx.stats["genome/start_offset_bp"] += dropped
         buf = carry + seq
-        consumed = yield from _cut(
-            buf, offset, lengths, cfg, chrom, path, ledger, seed, seen_pieces, stats
-        )
+        consumed = yield from _cut(buf, offset, lengths, cfg, chrom, path, ctx)
         carry = buf[consumed:]
         offset += consumed
         if chunk.last:
-            stats["genome/tail_bp_dropped"] = stats.get("genome/tail_bp_dropped", 0) + len(carry)
+            ctx.stats["genome/tail_bp_dropped"] += len(carry)
             carry = b""
 
 
-def _cut(buf, offset, lengths, cfg, chrom, path, ledger, seed, seen_pieces, stats):
+def _cut(buf, offset, lengths, cfg, chrom, path, ctx):
     """Yield every whole piece that fits in `buf`; return the number of bytes consumed.
 
     Lengths are peeked in batches and only the ones used are consumed, so the tail carried to
@@ -738,7 +732,8 @@ def _cut(buf, offset, lengths, cfg, chrom, path, ledger, seed, seen_pieces, stat
     """
     # Positions of letters other than ACGT (IUPAC codes; N was removed): usually none.
     bad_pos = np.flatnonzero(~_ACGT[np.frombuffer(buf, dtype=np.uint8)])
-    salt = (seed % 2**128).to_bytes(16, "little")
+    salt = (ctx.seed % 2**128).to_bytes(16, "little")
+    seen_pieces = ctx.seen["genome_pieces"]
     batch = len(buf) // cfg.min_piece_nt + 1  # no more pieces than this can fit
     pos = 0
     while True:
@@ -756,18 +751,18 @@ def _cut(buf, offset, lengths, cfg, chrom, path, ledger, seed, seen_pieces, stat
         for s, e, nb in zip(starts.tolist(), ends.tolist(), nonacgt.tolist(), strict=True):
             piece = buf[s:e]
             if nb:
-                ledger.note("genome", "piece_with_non_acgt_dropped")
+                ctx.ledger.note("genome", "piece_with_non_acgt_dropped")
                 continue
             # One seeded hash per piece serves both duplicate removal and the split.
             digest = hashlib.blake2b(piece, digest_size=16, salt=salt).digest()
             if cfg.dedup:
                 if digest in seen_pieces:
-                    ledger.note("genome", "duplicate_piece_dropped")
+                    ctx.ledger.note("genome", "duplicate_piece_dropped")
                     continue
                 seen_pieces.add(digest)
             u = int.from_bytes(digest[:8], "little") / 2.0**64
             split = "val" if u < cfg.val_fraction else "train"
-            stats["genome/pieces"] = stats.get("genome/pieces", 0) + 1
+            ctx.stats["genome/pieces"] += 1
             yield (
                 split,
                 {

@@ -13,7 +13,6 @@ import os
 import shutil
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from bsm_ray.config import to_dict
 from bsm_ray.data.builders import (
+    BuildContext,
     GenePairsConfig,
     GenomeConfig,
     RefSeqConfig,
@@ -149,128 +149,45 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
 
-    ledger = Ledger(on_invalid=config.on_invalid)
-    stats: dict = {}
-    warning_counts: Counter = Counter()
+    ctx = BuildContext(
+        ledger=Ledger(on_invalid=config.on_invalid),
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        progress=config.progress,
+    )
     writers = {
         (kind, split): ShardWriter(staging, kind, split, rows_per_shard=config.rows_per_shard)
         for kind in (*DOC_KINDS, GENOME_KIND)
         for split in SPLITS
     }
+    # (kind, input named in the progress bar, files it covers, rows generator) in input order.
+    tasks = (
+        [(f"single_{s.modality}", s.path, 1, build_single(s, ctx, config.max_doc_letters))
+         for s in config.single]
+        + [("refseq_pair", p, 1, build_refseq_pairs(config.refseq, p, ctx))
+           for p in config.refseq.genbank]
+        + ([("gene_pair", config.gene_pairs.tsv, 1 + len(config.gene_pairs.fasta),
+             build_gene_pairs(config.gene_pairs, ctx))] if config.gene_pairs.tsv else [])
+        + [("web", p, 1, build_web(config.web, p, ctx)) for p in config.web.documents]
+        + [(GENOME_KIND, p, 1, build_genome_pieces(config.genome, p, ctx))
+           for p in config.genome.fasta]
+    )  # fmt: skip
     bar = tqdm(
-        total=len(inputs),
-        desc="prepare",
-        unit="file",
-        disable=not config.progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-
-    def emit(kind: str, rows) -> None:
-        for split, row in rows:
-            writers[(kind, split)].add(row)
-        bar.update(1)
-
+        total=len(inputs), desc="prepare", unit="file", disable=not config.progress,
+        file=sys.stderr, dynamic_ncols=True,
+    )  # fmt: skip
     try:
-        seen: dict[str, set] = {k: set() for k in (*DOC_KINDS, GENOME_KIND)}
-        for spec in config.single:
-            kind = f"single_{spec.modality}"
-            bar.set_postfix_str(Path(spec.path).name)
-            emit(
-                kind,
-                _guard(
-                    kind,
-                    ledger,
-                    build_single(
-                        spec,
-                        ledger,
-                        config.seed,
-                        config.val_fraction,
-                        config.max_doc_letters,
-                        seen[kind],
-                        stats,
-                    ),
-                ),
-            )
-        for path in config.refseq.genbank:
+        for kind, path, num_files, rows in tasks:
             bar.set_postfix_str(Path(path).name)
-            emit(
-                "refseq_pair",
-                _guard(
-                    "refseq_pair",
-                    ledger,
-                    build_refseq_pairs(
-                        config.refseq,
-                        path,
-                        ledger,
-                        config.seed,
-                        config.val_fraction,
-                        seen["refseq_pair"],
-                        stats,
-                        warning_counts,
-                    ),
-                ),
-            )
-        if config.gene_pairs.tsv:
-            bar.set_postfix_str(Path(config.gene_pairs.tsv).name)
-            emit(
-                "gene_pair",
-                build_gene_pairs(
-                    config.gene_pairs, ledger, config.seed, config.val_fraction, stats
-                ),
-            )
-            bar.update(len(config.gene_pairs.fasta))
-        for path in config.web.documents:
-            bar.set_postfix_str(Path(path).name)
-            emit(
-                "web",
-                _guard(
-                    "web",
-                    ledger,
-                    build_web(
-                        config.web,
-                        path,
-                        ledger,
-                        config.seed,
-                        config.val_fraction,
-                        seen["web"],
-                        stats,
-                    ),
-                ),
-            )
-        genome_seen: set[bytes] = set()
-        for path in config.genome.fasta:
-            bar.set_postfix_str(Path(path).name)
-            with tqdm(
-                desc=f"  {Path(path).name}",
-                unit="bp",
-                unit_scale=True,
-                leave=False,
-                disable=not config.progress,
-                file=sys.stderr,
-            ) as bp_bar:
-                emit(
-                    GENOME_KIND,
-                    _guard(
-                        GENOME_KIND,
-                        ledger,
-                        build_genome_pieces(
-                            config.genome,
-                            path,
-                            ledger,
-                            config.seed,
-                            genome_seen,
-                            stats,
-                            progress=bp_bar,
-                        ),
-                    ),
-                )
+            for split, row in _guard(kind, ctx.ledger, rows):
+                writers[(kind, split)].add(row)
+            bar.update(num_files)
         for w in writers.values():
             w.close()
         bar.close()
-        ledger_dict = ledger.as_dict()
-        if warning_counts:
-            ledger_dict["parser_warnings"] = dict(warning_counts)
+        ledger_dict = ctx.ledger.as_dict()
+        if ctx.warnings:
+            ledger_dict["parser_warnings"] = dict(ctx.warnings)
         manifest = build_manifest(
             config=to_dict(config),
             tokenizers={
@@ -280,7 +197,7 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
             inputs=inputs,
             writers=[w for w in writers.values() if w.shards],
             ledger=ledger_dict,
-            stats=stats,
+            stats=dict(ctx.stats),
         )
         write_manifest(staging, manifest)
         _publish(staging, final)

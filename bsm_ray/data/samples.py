@@ -74,9 +74,9 @@ def biopython_tests_dir() -> Path:
     target = cache_dir() / f"biopython-{version}-tests"
     if (target / "GenBank" / "NC_000932.gb").is_file():
         return target
-    with tempfile.TemporaryDirectory(
-        dir=cache_dir().parent if cache_dir().exists() else None
-    ) as tmp:
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    # The staging folder lives inside the cache so the final rename stays on one filesystem.
+    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".fetch-") as tmp:
         tmp_path = Path(tmp)
         sdist = os.environ.get("BSM_RAY_BIOPYTHON_SDIST")
         if sdist is None:
