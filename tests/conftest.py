@@ -21,3 +21,17 @@ def bio_tests() -> Path:
 @pytest.fixture(scope="session")
 def genbank_dir(bio_tests: Path) -> Path:
     return bio_tests / "GenBank"
+
+
+@pytest.fixture(scope="session")
+def ray_instance():
+    """One local Ray instance for the whole session (starting one costs ~15 s here).
+
+    More logical CPUs than cores, as Ray's own tests do, so tasks never starve each other.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from bsm_ray.config import load_config
+from bsm_ray.data.pmi_build import PmiConfig
 from bsm_ray.data.prepare import PrepareConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 # File name prefix -> config class of the job that reads it.
-CLASSES = {"prepare": PrepareConfig}
+CLASSES = {"prepare": PrepareConfig, "pmi": PmiConfig}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)

@@ -42,7 +42,7 @@ import numpy as np
 from bsm_ray.errors import SampleDataUnavailable
 from bsm_ray.fileio import atomic_path, atomic_write_text
 
-SAMPLE_FORMAT = 2  # bump when the derived sample inputs change
+SAMPLE_FORMAT = 3  # bump when the derived sample inputs change
 
 # Real, well-formed GenBank records with CDS features (Tests/GenBank of Biopython's sdist).
 REAL_GENBANK = (
@@ -60,6 +60,10 @@ REAL_DNA_FASTA = ("GenBank/NC_005816.fna", "Fasta/lupine.nu", "Fasta/elderberry.
 REAL_PROTEIN_FASTA = ("GenBank/NC_005816.faa", "GenBank/NC_000932.faa", "Fasta/aster.pro",
                       "Fasta/rose.pro", "Fasta/loveliesbleeding.pro")  # fmt: skip
 REAL_CDS_FASTA = "GenBank/NC_005816.ffn"
+# UCSC multiz alignment of a mouse chr10 region (mm9) with 20 other vertebrates: its human
+# (hg18) and mouse (mm9) rows are real mammalian genome sequence, the only such data shipped.
+MAF_NAME = "ucsc_mm9_chr10_big.maf"
+MAMMAL_ASSEMBLIES = ("hg18", "mm9")
 
 
 def cache_dir() -> Path:
@@ -71,8 +75,8 @@ def biopython_tests_dir() -> Path:
     import Bio
 
     version = Bio.__version__
-    target = cache_dir() / f"biopython-{version}-tests"
-    if (target / "GenBank" / "NC_000932.gb").is_file():
+    target = cache_dir() / f"biopython-{version}-tests-v2"
+    if (target / "MAF" / MAF_NAME).is_file():
         return target
     cache_dir().mkdir(parents=True, exist_ok=True)
     # The staging folder lives inside the cache so the final rename stays on one filesystem.
@@ -108,20 +112,24 @@ def biopython_tests_dir() -> Path:
         with tarfile.open(sdist, "r:gz") as tar:
             for member in tar.getmembers():
                 parts = Path(member.name).parts
-                if len(parts) >= 4 and parts[1] == "Tests" and parts[2] in ("GenBank", "Fasta"):
+                wanted = len(parts) >= 4 and (
+                    parts[2] in ("GenBank", "Fasta") or parts[2:] == ("MAF", MAF_NAME)
+                )
+                if wanted and parts[1] == "Tests":
                     if not member.isfile():
                         continue
                     out = staging / parts[2] / Path(*parts[3:])
                     out.parent.mkdir(parents=True, exist_ok=True)
                     with tar.extractfile(member) as src, open(out, "wb") as dst:  # type: ignore[union-attr]
                         shutil.copyfileobj(src, dst)
-        if not (staging / "GenBank" / "NC_000932.gb").is_file():
-            raise SampleDataUnavailable(f"{sdist}: no Tests/GenBank/NC_000932.gb inside")
+        for needed in ("GenBank/NC_000932.gb", f"MAF/{MAF_NAME}"):
+            if not (staging / needed).is_file():
+                raise SampleDataUnavailable(f"{sdist}: no Tests/{needed} inside")
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(staging, target)
         except OSError:  # another process published it first
-            if not (target / "GenBank" / "NC_000932.gb").is_file():
+            if not (target / "MAF" / MAF_NAME).is_file():
                 raise
     return target
 
@@ -290,6 +298,28 @@ def _cds_pool(genbank_paths: list[Path]) -> list[dict]:
     return pool
 
 
+def write_maf_rows_fasta(maf: Path, out: Path, assemblies: tuple[str, ...]) -> Path:
+    """The ungapped rows of the given assemblies in a MAF alignment, one FASTA record per block.
+
+    Record ids are `<assembly.chrom>:<start>-<end>(<strand>)` from the MAF coordinates.
+    """
+    from Bio import AlignIO
+
+    records = []
+    for block in AlignIO.parse(str(maf), "maf"):
+        for row in block:
+            if row.id.split(".")[0] not in assemblies:
+                continue
+            a = row.annotations
+            strand = "+" if a.get("strand", 1) == 1 else "-"
+            rid = f"{row.id}:{a['start']}-{a['start'] + a['size']}({strand})"
+            seq = str(row.seq).replace("-", "").upper()
+            if seq:
+                records.append((rid, seq))
+    _write_fasta(out, records)
+    return out
+
+
 def _write_fasta(path: Path, records: list[tuple[str, str]]) -> None:
     lines = []
     for rid, seq in records:
@@ -349,6 +379,9 @@ def sample_inputs(seed: int = 0, synthetic_genome_bp: int = 200_000) -> dict:
     if synthetic_genome_bp > 0:
         write_synthetic_genome(synthetic_genome, synthetic_genome_bp, seed=seed)
 
+    mammal = genome_dir / "mammal_hg18_mm9.fna"
+    write_maf_rows_fasta(tests / "MAF" / MAF_NAME, mammal, MAMMAL_ASSEMBLIES)
+
     # Web: synthetic documents quoting real sequences.
     web_dir = root / "web"
     web_dir.mkdir(exist_ok=True)
@@ -368,6 +401,7 @@ def sample_inputs(seed: int = 0, synthetic_genome_bp: int = 200_000) -> dict:
         "web": [str(web_dir / "documents.jsonl")],
         "genome": [str(genome_dir / "NC_000932.fna")]
         + ([str(synthetic_genome)] if synthetic_genome_bp > 0 else []),
+        "pmi_fasta": [str(mammal)],
         "synthetic": [str(web_dir / "documents.jsonl")]
         + ([str(synthetic_genome)] if synthetic_genome_bp > 0 else []),
     }

@@ -1,0 +1,259 @@
+"""MLM masking strategies as pure, vectorized batch functions (REFERENCE.md section 5).
+
+Every function takes `input_ids` [batch, length] (DNABERT k-mer ids: `[CLS] k-mers [SEP] [PAD]`)
+and `attention_mask` [batch, length], and returns a `MaskedBatch`: the masked input ids and the
+labels (the original id at masked positions, -100 elsewhere).
+
+Shared skeleton:
+- Eligible positions are the real k-mer tokens: attended, and not [CLS]/[SEP]/[PAD]/[MASK]
+  ([UNK] k-mers are real positions). Spans are clipped to [first, last] eligible position,
+  so no span ever touches [CLS], [SEP] or padding.
+- A DNABERT "centre" c masks the 6-span c-2..c+3; a "PMI token" j masks the 11-span j-5..j+5.
+- Masked positions are replaced 80% by [MASK], 10% by a random k-mer id, 10% left unchanged.
+- Ranks are looked up by *content*: rank_table[token id at the position] (the authors' code
+  used the position index instead; REFERENCE.md section 5 says why we do not).
+
+Strategies:
+- `dnabert`: centres ~ Bernoulli(p=0.025) over eligible positions.
+- `genemask`: centres ~ Bernoulli(0.0176); each keeps its 6-span; each centre's best-ranked k-mer
+  inside its (clipped) 6-span is found (ties: lower position); the best-ranked half of the
+  centres (ceil(n/2) of n, all of them when n <= 8; ties: lower position) also mask the 11-span
+  around that k-mer.
+- `global`: k = number of Bernoulli(p=0.0136) successes over the eligible positions; the 11-spans
+  of the row's k best-ranked positions (ties: lower position) are masked; overlaps merge.
+- CM-Step and CM-GEMS choose one of these per batch (`curriculum.py` holds their schedules).
+
+Determinism: every random number is a counter-based hash of (seed, sample id, step, stream,
+position) (splitmix64), so a row's mask depends only on those, not on batch composition, order,
+worker count or restarts. No per-position Python loop: numpy over the whole batch.
+
+Pure module: numpy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bsm_ray.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID
+
+IGNORE_INDEX = -100
+DNABERT_P = 0.025
+GENEMASK_P = 0.0176
+GLOBAL_P = 0.0136
+GENEMASK_ALL_BELOW = 8  # with this many centres or fewer, every centre gets its 11-span
+STRATEGIES = ("dnabert", "genemask", "global")
+
+# Random streams (one per use of randomness, so they never alias).
+_S_CENTRE, _S_REPLACE, _S_RANDOM_ID, _S_GLOBAL_K = 1, 2, 3, 4
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@dataclass
+class MaskedBatch:
+    input_ids: np.ndarray  # [batch, length] int64, masked
+    labels: np.ndarray  # [batch, length] int64, original id where masked, -100 elsewhere
+    strategy: str
+
+    @property
+    def masked(self) -> np.ndarray:
+        return self.labels != IGNORE_INDEX
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer (uint64 in, uint64 out), vectorized."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def uniforms(seed: int, sample_ids: np.ndarray, step: int, stream: int, length: int) -> np.ndarray:
+    """[batch, length] floats in [0, 1), a pure function of (seed, sample id, step, stream, pos)."""
+    with np.errstate(over="ignore"):
+        key = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(stream))
+        key = _mix(key ^ np.uint64(step & 0xFFFFFFFFFFFFFFFF) * _M1)
+        rows = _mix(key ^ np.asarray(sample_ids, dtype=np.uint64) * _M2)  # [batch]
+        pos = np.arange(length, dtype=np.uint64) * _GOLDEN
+        bits = _mix(rows[:, None] ^ pos[None, :])
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def eligible_positions(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """Real k-mer tokens: attended and not [CLS]/[SEP]/[PAD]/[MASK]."""
+    ids = input_ids
+    return (
+        (attention_mask != 0)
+        & (ids != PAD_ID)
+        & (ids != CLS_ID)
+        & (ids != SEP_ID)
+        & (ids != MASK_ID)
+    )
+
+
+def _dilate(marks: np.ndarray, before: int, after: int) -> np.ndarray:
+    """out[j] = any(marks[j-after .. j+before]): each mark at c covers c-before .. c+after."""
+    out = marks.copy()
+    length = marks.shape[1]
+    for d in range(1, before + 1):  # mark at c covers c-d
+        out[:, : length - d] |= marks[:, d:]
+    for d in range(1, after + 1):  # mark at c covers c+d
+        out[:, d:] |= marks[:, : length - d]
+    return out
+
+
+def _replace(
+    input_ids: np.ndarray,
+    masked: np.ndarray,
+    seed: int,
+    sample_ids: np.ndarray,
+    step: int,
+    vocab_size: int,
+    strategy: str,
+) -> MaskedBatch:
+    """80% [MASK], 10% random k-mer id, 10% unchanged; labels -100 where not masked."""
+    batch, length = input_ids.shape
+    ids = np.array(input_ids, dtype=np.int64, copy=True)  # inputs may be read-only (Ray Data)
+    labels = np.where(masked, ids, IGNORE_INDEX)
+    u = uniforms(seed, sample_ids, step, _S_REPLACE, length)
+    to_mask = masked & (u < 0.8)
+    to_random = masked & (u >= 0.8) & (u < 0.9)
+    ids[to_mask] = MASK_ID
+    if to_random.any():
+        r = uniforms(seed, sample_ids, step, _S_RANDOM_ID, length)[to_random]
+        ids[to_random] = NUM_SPECIAL + (r * (vocab_size - NUM_SPECIAL)).astype(np.int64)
+    return MaskedBatch(ids, labels, strategy)
+
+
+def _centres(eligible: np.ndarray, seed, sample_ids, step, p: float) -> np.ndarray:
+    u = uniforms(seed, sample_ids, step, _S_CENTRE, eligible.shape[1])
+    return eligible & (u < p)
+
+
+def dnabert_mask(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    seed: int,
+    sample_ids: np.ndarray,
+    step: int,
+    p: float = DNABERT_P,
+    vocab_size: int = 4101,
+) -> MaskedBatch:
+    """DNABERT random spans: centres ~ Bernoulli(p), each masks c-2..c+3 (clipped)."""
+    eligible = eligible_positions(input_ids, attention_mask)
+    centres = _centres(eligible, seed, sample_ids, step, p)
+    masked = _dilate(centres, 2, 3) & eligible
+    return _replace(input_ids, masked, seed, sample_ids, step, vocab_size, "dnabert")
+
+
+def _position_ranks(input_ids: np.ndarray, eligible: np.ndarray, rank_table: np.ndarray):
+    """Rank of the k-mer at every position by its content; ineligible -> worse than all."""
+    worst = int(rank_table.max()) + 1
+    ranks = rank_table[input_ids].astype(np.int64)
+    ranks[~eligible] = worst
+    return ranks, worst
+
+
+def genemask_mask(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    rank_table: np.ndarray,
+    seed: int,
+    sample_ids: np.ndarray,
+    step: int,
+    p: float = GENEMASK_P,
+    vocab_size: int = 4101,
+) -> MaskedBatch:
+    """GeneMask: DNABERT centres (p=0.0176) + 11-spans around the best PMI k-mer of the best
+    half of the centres (all when <= 8)."""
+    eligible = eligible_positions(input_ids, attention_mask)
+    batch, length = input_ids.shape
+    centres = _centres(eligible, seed, sample_ids, step, p)
+    masked = _dilate(centres, 2, 3) & eligible
+    rows, cols = np.nonzero(centres)
+    if rows.size:
+        ranks, worst = _position_ranks(input_ids, eligible, rank_table)
+        # Best (rank, position) in each centre's 6-span c-2..c+3: composite key, min wins.
+        key = ranks * length + np.arange(length)[None, :]
+        key[~eligible] = worst * length + length
+        offsets = np.arange(-2, 4)
+        window = np.clip(cols[:, None] + offsets[None, :], 0, length - 1)
+        best_key = key[rows[:, None], window].min(axis=1)
+        best_pos = best_key % length
+        # Order centres within their row by their best k-mer's (rank, position).
+        order = np.lexsort((best_key, rows))
+        rows_o, best_pos_o = rows[order], best_pos[order]
+        counts = np.bincount(rows_o, minlength=batch)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        within = np.arange(rows_o.size) - first[rows_o]
+        n = counts[rows_o]
+        keep = np.where(n <= GENEMASK_ALL_BELOW, True, within < (n + 1) // 2)
+        pmi_marks = np.zeros_like(centres)
+        pmi_marks[rows_o[keep], best_pos_o[keep]] = True
+        masked |= _dilate(pmi_marks, 5, 5) & eligible
+    return _replace(input_ids, masked, seed, sample_ids, step, vocab_size, "genemask")
+
+
+def global_mask(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    rank_table: np.ndarray,
+    seed: int,
+    sample_ids: np.ndarray,
+    step: int,
+    p: float = GLOBAL_P,
+    vocab_size: int = 4101,
+    return_k: bool = False,
+):
+    """Global PMI masking: the 11-spans of the row's k best-ranked positions, k ~ Bin(n, p)."""
+    eligible = eligible_positions(input_ids, attention_mask)
+    batch, length = input_ids.shape
+    u = uniforms(seed, sample_ids, step, _S_GLOBAL_K, length)
+    k = ((u < p) & eligible).sum(axis=1)
+    masked = np.zeros_like(eligible)
+    kmax = int(k.max()) if batch else 0
+    if kmax:
+        ranks, worst = _position_ranks(input_ids, eligible, rank_table)
+        key = ranks * length + np.arange(length)[None, :]  # unique: ties -> lower position
+        key[~eligible] = np.iinfo(np.int64).max
+        kmax = min(kmax, length)
+        if kmax < length:
+            top = np.argpartition(key, kmax - 1, axis=1)[:, :kmax]
+        else:
+            top = np.broadcast_to(np.arange(length), (batch, length)).copy()
+        top_keys = np.take_along_axis(key, top, axis=1)
+        top = np.take_along_axis(top, np.argsort(top_keys, axis=1), axis=1)  # best first
+        chosen = np.arange(kmax)[None, :] < k[:, None]
+        marks = np.zeros_like(eligible)
+        row_idx = np.broadcast_to(np.arange(batch)[:, None], top.shape)
+        marks[row_idx[chosen], top[chosen]] = True
+        masked = _dilate(marks, 5, 5) & eligible
+    out = _replace(input_ids, masked, seed, sample_ids, step, vocab_size, "global")
+    return (out, k) if return_k else out
+
+
+def apply_mask(
+    strategy: str,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    seed: int,
+    sample_ids: np.ndarray,
+    step: int,
+    rank_table: np.ndarray | None = None,
+    vocab_size: int = 4101,
+) -> MaskedBatch:
+    """Dispatch by strategy name ("dnabert", "genemask", "global")."""
+    if strategy == "dnabert":
+        return dnabert_mask(input_ids, attention_mask, seed, sample_ids, step,
+                            vocab_size=vocab_size)  # fmt: skip
+    if strategy not in ("genemask", "global"):
+        raise ValueError(f"unknown masking strategy {strategy!r}; choose from {STRATEGIES}")
+    if rank_table is None:
+        raise ValueError(f"{strategy} masking needs an NPMI rank table")
+    fn = genemask_mask if strategy == "genemask" else global_mask
+    return fn(input_ids, attention_mask, rank_table, seed, sample_ids, step,
+              vocab_size=vocab_size)  # fmt: skip

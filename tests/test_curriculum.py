@@ -1,0 +1,67 @@
+"""CM-Step and CM-GEMS schedules: one-way switch, checkpointable, never from stale state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bsm_ray.data.curriculum import CmGemsSchedule, CmStepSchedule
+
+
+def test_cm_step_probability_and_draws():
+    s = CmStepSchedule(max_steps=10_000, seed=0)
+    assert s.global_probability(0) == 0.0
+    assert s.global_probability(99) == 0.0
+    assert s.global_probability(100) == 0.01
+    assert s.global_probability(5_050) == 0.5
+    assert s.global_probability(9_999) == 0.99
+    assert all(s.strategy(step) == "dnabert" for step in range(100))
+    late = [s.strategy(step) for step in range(9_000, 10_000)]
+    assert 0.85 < late.count("global") / len(late) < 0.97  # q = 0.90..0.99
+    # the same step draws the same strategy everywhere (workers, restarts)
+    assert [CmStepSchedule(10_000, 0).strategy(t) for t in range(3000, 3100)] == [
+        s.strategy(t) for t in range(3000, 3100)
+    ]
+
+
+def test_cm_gems_switches_once_when_the_drop_falls_below_threshold():
+    s = CmGemsSchedule(threshold=1.0)
+    assert s.strategy(0) == "genemask"
+    assert s.observe(500, 12.0) is False  # first evaluation: no drop to compare yet
+    assert s.observe(1000, 9.5) is False  # drop 2.5
+    assert s.observe(1500, 8.2) is False  # drop 1.3
+    assert s.observe(2000, 7.6) is True  # drop 0.6 < 1.0: switch at 2000
+    assert (s.phase, s.switch_step, s.strategy(2001)) == ("global", 2000, "global")
+    assert s.observe(2500, 20.0) is False  # one way: a rise does not switch back
+    assert s.observe(3000, 2.0) is False
+    assert s.phase == "global" and s.switch_step == 2000
+
+
+def test_cm_gems_state_round_trips_and_resume_stays_global():
+    s = CmGemsSchedule(threshold=0.5)
+    for step, ppl in ((100, 10.0), (200, 9.0), (300, 8.9)):
+        s.observe(step, ppl)
+    assert s.phase == "global"
+    state = json.loads(json.dumps(s.state_dict()))  # checkpoints store it as JSON
+    resumed = CmGemsSchedule()
+    resumed.load_state_dict(state)
+    assert resumed == s
+    assert resumed.strategy(301) == "global"
+    resumed.observe(400, 1.0)
+    assert resumed.phase == "global" and resumed.switch_step == 300
+
+
+def test_cm_gems_refuses_stale_or_out_of_order_state():
+    fresh = CmGemsSchedule()
+    assert fresh.phase == "genemask" and fresh.last_perplexity is None  # no history, ever
+    s = CmGemsSchedule()
+    s.observe(1000, 5.0)
+    with pytest.raises(ValueError, match="stale or out-of-order"):
+        s.observe(1000, 4.99)
+    with pytest.raises(ValueError, match="stale or out-of-order"):
+        s.observe(10, 4.0)
+    with pytest.raises(ValueError, match="not finite"):
+        s.observe(2000, float("nan"))
+    with pytest.raises(ValueError, match="unknown curriculum phase"):
+        CmGemsSchedule().load_state_dict({**s.state_dict(), "phase": "bert"})
