@@ -43,10 +43,23 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for _harness
+from _harness import atomic_write_json as _atomic_write_json  # noqa: E402
+from _harness import (  # noqa: E402
+    ensure_genome,
+    format_table,
+    run_stage,
+    spawn_stage,
+    stage_generate,
+)
+from _harness import genome_path as _genome_path  # noqa: E402
+from _harness import peak_rss_mib as _peak_rss_mib  # noqa: E402
+from _harness import proc_status_mib as _proc_status_mib  # noqa: E402
+from _harness import timed as _timed  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULT_NAME = "ingest_throughput.json"
@@ -75,29 +88,6 @@ STAGE_NAMES = tuple(name for name, _ in STAGES)
 # --- measuring (used inside the stage subprocesses) --------------------------------------------
 
 
-def _mib_from_maxrss(value: int) -> float:
-    # Linux reports KiB, macOS bytes.
-    return value / (1 << 20) if sys.platform == "darwin" else value / 1024
-
-
-def _peak_rss_mib() -> float:
-    import resource
-
-    return _mib_from_maxrss(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-
-
-def _proc_status_mib(field: str) -> float | None:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB; None where there is none."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def _import_common() -> None:
     """The modules every stage imports first, so the baseline stage is comparable."""
     import numpy  # noqa: F401
@@ -110,19 +100,6 @@ def _import_common() -> None:
     import bsm_ray.data.samples  # noqa: F401
     import bsm_ray.tokenizers.char  # noqa: F401
     import bsm_ray.tokenizers.kmer  # noqa: F401
-
-
-def _timed(fn, repeats: int, warmup: int) -> tuple[list[float], object]:
-    """Run `fn` `warmup` times untimed, then `repeats` times timed; (timings, last result)."""
-    result = None
-    for _ in range(warmup):
-        result = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return times, result
 
 
 def _load_sequence(path: str, limit_bp: int | None = None) -> bytes:
@@ -150,22 +127,6 @@ def _load_sequence(path: str, limit_bp: int | None = None) -> bytes:
 # --- the stages ---------------------------------------------------------------------------------
 # Each returns a dict with "amount" (bp or tokens), "unit" ("bp" or "tokens"), "times" (seconds of
 # each timed repeat), optionally "notes" (a short string for the table) and "extra" (for the JSON).
-
-
-def stage_generate(s: dict) -> dict:
-    from bsm_ray.data.samples import write_synthetic_genome
-
-    t0 = time.perf_counter()
-    write_synthetic_genome(
-        s["genome_path"], s["genome_bp"], seed=s["seed"], num_chromosomes=s["num_chromosomes"]
-    )
-    seconds = time.perf_counter() - t0
-    return {
-        "amount": s["genome_bp"],
-        "unit": "bp",
-        "times": [seconds],
-        "notes": f"{Path(s['genome_path']).stat().st_size / 2**20:,.0f} MiB file",
-    }
 
 
 def stage_baseline(s: dict) -> dict:
@@ -431,157 +392,20 @@ STAGE_FUNCTIONS = {
 
 def run_stage_here(name: str, settings: dict, result_path: str) -> None:
     """Body of a stage subprocess: import, measure, write the result JSON (atomically)."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    t0 = time.perf_counter()
-    _import_common()
-    import_seconds = time.perf_counter() - t0
-    rss_after_import = _proc_status_mib("VmRSS")
-    result = STAGE_FUNCTIONS[name](settings)
-    result.update(
-        stage=name,
-        peak_rss_mib=_peak_rss_mib(),
-        vm_hwm_mib=_proc_status_mib("VmHWM"),
-        rss_after_import_mib=rss_after_import,
-        import_seconds=import_seconds,
-    )
-    _atomic_write_json(Path(result_path), result)
+    run_stage(STAGE_FUNCTIONS, _import_common, name, settings, result_path)
 
 
 # --- the driver (standard library only) ---------------------------------------------------------
 
 
-def _atomic_write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-# Runs its arguments as a command. Stages start through it so that the ru_maxrss they inherit at
-# exec is this small interpreter's, not the caller's (see the module docstring).
-_LAUNCHER = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
-
-
 def _spawn_stage(name: str, settings: dict, work_dir: Path) -> dict:
     """Run one stage in a fresh interpreter; return its result dict."""
-    result_path = work_dir / f"{name}.json"
-    if result_path.exists():
-        result_path.unlink()
-    cmd = [
-        sys.executable,
-        "-c",
-        _LAUNCHER,
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--stage",
-        name,
-        "--stage-settings",
-        json.dumps(settings),
-        "--stage-result",
-        str(result_path),
-    ]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0 or not result_path.is_file():
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"stage {name!r} failed (exit status {proc.returncode})")
-    result = json.loads(result_path.read_text())
-    result_path.unlink()
-    result["subprocess_wall_seconds"] = wall
-    return result
-
-
-def _genome_path(out: Path, genome_bp: int, seed: int, num_chromosomes: int, gz: bool) -> Path:
-    size = f"{genome_bp / 1e6:g}Mbp"
-    suffix = ".fa.gz" if gz else ".fa"
-    return out / f"synthetic_genome_{size}_seed{seed}_chr{num_chromosomes}{suffix}"
+    return spawn_stage(__file__, name, settings, work_dir)
 
 
 def _ensure_genome(args, settings: dict, work_dir: Path) -> dict:
     """Generate the genome FASTA (in a subprocess) unless an identical one is already there."""
-    path = Path(settings["genome_path"])
-    sidecar = path.with_name(path.name + ".json")
-    wanted = {
-        "genome_bp": settings["genome_bp"],
-        "seed": settings["seed"],
-        "num_chromosomes": settings["num_chromosomes"],
-        "gzip": bool(args.gzip),
-        "generator": "bsm_ray.data.samples.write_synthetic_genome",
-    }
-    if not args.regenerate and path.is_file() and sidecar.is_file():
-        try:
-            meta = json.loads(sidecar.read_text())
-        except ValueError:
-            meta = {}
-        if (
-            all(meta.get(k) == v for k, v in wanted.items())
-            and meta.get("bytes") == path.stat().st_size
-        ):
-            return {**meta, "reused": True}
-    result = _spawn_stage("generate", settings, work_dir)
-    meta = {
-        **wanted,
-        "bytes": path.stat().st_size,
-        "seconds": result["times"][0],
-        "peak_rss_mib": result["peak_rss_mib"],
-        "vm_hwm_mib": result["vm_hwm_mib"],
-    }
-    _atomic_write_json(sidecar, meta)
-    return {**meta, "reused": False}
-
-
-def _fmt_amount(amount, unit) -> str:
-    if amount is None:
-        return "-"
-    if unit == "bp":
-        return f"{amount / 1e6:,.2f} Mbp"
-    return f"{amount / 1e6:,.2f} M tok"
-
-
-def _fmt_rate(amount, unit, seconds) -> str:
-    if amount is None or not seconds:
-        return "-"
-    rate = amount / seconds / 1e6
-    return f"{rate:,.1f} Mbp/s" if unit == "bp" else f"{rate:,.1f} M tok/s"
-
-
-def format_table(rows: list[dict]) -> str:
-    header = ("stage", "amount", "seconds", "throughput", "peak RSS MiB", "+base MiB", "notes")
-    lines = [
-        [
-            r["label"],
-            _fmt_amount(r["amount"], r["unit"]),
-            "-" if r["seconds"] is None else f"{r['seconds']:.3f}",
-            _fmt_rate(r["amount"], r["unit"], r["seconds"]),
-            f"{r['peak_rss_mib']:,.1f}",
-            "-" if r["over_baseline_mib"] is None else f"{r['over_baseline_mib']:+,.1f}",
-            r.get("notes", ""),
-        ]
-        for r in rows
-    ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
-    right = {1, 2, 3, 4, 5}
-
-    def fmt(cells) -> str:
-        return "  ".join(
-            (str(c).rjust(w) if i in right else str(c).ljust(w))
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([fmt(header), rule, *(fmt(cells) for cells in lines)])
+    return ensure_genome(__file__, settings, work_dir, gzip=args.gzip, regenerate=args.regenerate)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

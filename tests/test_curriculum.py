@@ -65,3 +65,25 @@ def test_cm_gems_refuses_stale_or_out_of_order_state():
         s.observe(2000, float("nan"))
     with pytest.raises(ValueError, match="unknown curriculum phase"):
         CmGemsSchedule().load_state_dict({**s.state_dict(), "phase": "bert"})
+
+
+def test_schedules_drive_batch_masking():
+    import numpy as np
+
+    from bsm_ray.data.curriculum import mask_with_schedule
+    from bsm_ray.data.pmi import rank_table
+    from bsm_ray.tokenizers import KmerTokenizer
+
+    rng = np.random.default_rng(0)
+    seqs = ["".join(rng.choice(list("ACGT"), 511)) for _ in range(8)]
+    batch = KmerTokenizer(6).encode_batch(seqs)
+    ids, am, sid = batch["input_ids"], batch["attention_mask"], np.arange(8)
+    ranks = rank_table({"AAAAAA": 1})
+    gems = CmGemsSchedule(threshold=1.0)
+    assert mask_with_schedule(gems, ids, am, 0, sid, 5, ranks).strategy == "genemask"
+    gems.observe(10, 5.0)
+    gems.observe(20, 4.5)
+    assert mask_with_schedule(gems, ids, am, 0, sid, 21, ranks).strategy == "global"
+    step = CmStepSchedule(max_steps=100)
+    assert mask_with_schedule(step, ids, am, 0, sid, 0, ranks).strategy == "dnabert"
+    assert mask_with_schedule(step, ids, am, 0, sid, 100, ranks).strategy == "global"  # q = 1

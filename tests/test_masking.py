@@ -12,7 +12,6 @@ from bsm_ray.data.masking import (
     eligible_positions,
     genemask_mask,
     global_mask,
-    uniforms,
 )
 from bsm_ray.data.pmi import count_fasta, npmi_from_counts, rank_kmers, rank_table
 from bsm_ray.tokenizers import KmerTokenizer
@@ -63,19 +62,27 @@ def _row_bounds(ids_row, am_row):
 
 
 def _reference(strategy, ids, am, ranks, seed, sid, step):
-    """Per-row, per-position loops implementing the docstring rules literally."""
-    length = ids.shape[1]
-    out = []
+    """Per-row, per-position loops implementing the docstring rules literally.
+
+    The random decisions (which positions are centres, k per row) come from the module's own
+    draws, so both implementations decide identically; everything else is re-derived here.
+    """
     from bsm_ray.data import masking as m
 
-    u_centre = uniforms(seed, sid, step, m._S_CENTRE, length)
-    u_k = uniforms(seed, sid, step, m._S_GLOBAL_K, length)
+    length = ids.shape[1]
+    eligible = m.eligible_positions(ids, am)
+    if strategy == "global":
+        ks = m.global_k(eligible, seed, sid, step)
+    else:
+        p = m.DNABERT_P if strategy == "dnabert" else m.GENEMASK_P
+        centre_marks = m.bernoulli_arrivals(eligible, seed, sid, step, m._S_CENTRE, p)
+    out = []
     for r in range(ids.shape[0]):
         first, last = _row_bounds(ids[r], am[r])
         masked: set[int] = set()
         if strategy in ("dnabert", "genemask"):
-            p = m.DNABERT_P if strategy == "dnabert" else m.GENEMASK_P
-            centres = [c for c in range(first, last + 1) if u_centre[r, c] < p]
+            centres = [c for c in range(length) if centre_marks[r, c]]
+            assert all(first <= c <= last for c in centres)
             for c in centres:
                 masked |= _span(c, 2, 3, first, last)
             if strategy == "genemask" and centres:
@@ -90,14 +97,28 @@ def _reference(strategy, ids, am, ranks, seed, sid, step):
                 for _rank, j, _c in keep:
                     masked |= _span(j, 5, 5, first, last)
         else:
-            k = sum(1 for j in range(first, last + 1) if u_k[r, j] < m.GLOBAL_P)
             order = sorted(range(first, last + 1), key=lambda j: (ranks[ids[r, j]], j))
-            for j in order[:k]:
+            for j in order[: ks[r]]:
                 masked |= _span(j, 5, 5, first, last)
         row = np.zeros(length, dtype=bool)
         row[sorted(masked)] = True
         out.append(row)
     return np.array(out)
+
+
+def test_bernoulli_arrivals_are_bernoulli(random_rows):
+    """Geometric-gap sampling gives independent Bernoulli(p) draws at every eligible position."""
+    from bsm_ray.data.masking import bernoulli_arrivals
+
+    ids, am, sid = random_rows
+    eligible = eligible_positions(ids, am)
+    marks = bernoulli_arrivals(eligible, 0, sid, 0, 1, 0.025)
+    assert not (marks & ~eligible).any()
+    per_position = marks[:, 1:507].mean(axis=0)  # 10,000 draws per position
+    assert abs(per_position.mean() - 0.025) < 0.0005
+    assert np.abs(per_position - 0.025).max() < 0.0075  # ~4.8 sigma of 10,000 draws
+    counts = marks.sum(axis=1)  # Binomial(506, 0.025): mean 12.65, variance 12.33
+    assert abs(counts.mean() - 12.65) < 0.15 and abs(counts.var() - 12.33) < 0.8
 
 
 @pytest.mark.parametrize("strategy", ["dnabert", "genemask", "global"])

@@ -100,3 +100,21 @@ class CmGemsSchedule:
         self.last_perplexity = state["last_perplexity"]
         self.last_eval_step = state["last_eval_step"]
         self.switch_step = state["switch_step"]
+
+
+def mask_with_schedule(
+    schedule: CmStepSchedule | CmGemsSchedule,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    seed: int,
+    sample_ids: np.ndarray,
+    step: int,
+    rank_table: np.ndarray,
+    vocab_size: int = 4101,
+):
+    """Mask one batch with the strategy the schedule picks for `step` (CM-Step / CM-GEMS)."""
+    from bsm_ray.data.masking import apply_mask
+
+    strategy = schedule.strategy(step)
+    return apply_mask(strategy, input_ids, attention_mask, seed, sample_ids, step, rank_table,
+                      vocab_size)  # fmt: skip

@@ -72,15 +72,31 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def uniforms(seed: int, sample_ids: np.ndarray, step: int, stream: int, length: int) -> np.ndarray:
-    """[batch, length] floats in [0, 1), a pure function of (seed, sample id, step, stream, pos)."""
+def _row_keys(seed: int, sample_ids: np.ndarray, step: int, stream: int) -> np.ndarray:
+    """One 64-bit key per row from (seed, stream, step, sample id)."""
     with np.errstate(over="ignore"):
         key = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(stream))
         key = _mix(key ^ np.uint64(step & 0xFFFFFFFFFFFFFFFF) * _M1)
-        rows = _mix(key ^ np.asarray(sample_ids, dtype=np.uint64) * _M2)  # [batch]
-        pos = np.arange(length, dtype=np.uint64) * _GOLDEN
-        bits = _mix(rows[:, None] ^ pos[None, :])
+        return _mix(key ^ np.asarray(sample_ids, dtype=np.uint64) * _M2)
+
+
+def _to_unit(bits: np.ndarray) -> np.ndarray:
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def uniforms(seed: int, sample_ids: np.ndarray, step: int, stream: int, length: int) -> np.ndarray:
+    """[batch, length] floats in [0, 1): draw i of row r is a pure function of
+    (seed, sample id, step, stream, i)."""
+    keys = _row_keys(seed, sample_ids, step, stream)
+    with np.errstate(over="ignore"):
+        index = np.arange(length, dtype=np.uint64) * _GOLDEN
+        return _to_unit(_mix(keys[:, None] ^ index[None, :]))
+
+
+def _uniforms_at(keys: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The same draws as `uniforms`, only at the given (row, index) pairs (sparse)."""
+    with np.errstate(over="ignore"):
+        return _to_unit(_mix(keys[rows] ^ cols.astype(np.uint64) * _GOLDEN))
 
 
 def eligible_positions(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -93,6 +109,49 @@ def eligible_positions(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.
         & (ids != SEP_ID)
         & (ids != MASK_ID)
     )
+
+
+def _bounds(eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last eligible position of each row (last < first for a row with none)."""
+    length = eligible.shape[1]
+    any_ = eligible.any(axis=1)
+    first = np.where(any_, eligible.argmax(axis=1), 0)
+    last = np.where(any_, length - 1 - eligible[:, ::-1].argmax(axis=1), -1)
+    return first, last
+
+
+def bernoulli_arrivals(
+    eligible: np.ndarray, seed: int, sample_ids: np.ndarray, step: int, stream: int, p: float
+) -> np.ndarray:
+    """[batch, length] bool: independent Bernoulli(p) draws at the eligible positions.
+
+    Drawn as the arrivals of a Bernoulli process: gaps between successes are Geometric(p)
+    (g = 1 + floor(ln(1-u) / ln(1-p))), so a row needs ~p*length draws instead of `length`.
+    Draw i of a row never depends on how many draws are taken, so the result is exact and
+    deterministic. Rows' eligible positions are contiguous ([CLS] k-mers [SEP] [PAD]...).
+    """
+    batch, length = eligible.shape
+    first, last = _bounds(eligible)
+    n_max = int((last - first + 1).max(initial=0))
+    out = np.zeros_like(eligible)
+    if n_max <= 0 or p <= 0:
+        return out
+    keys = _row_keys(seed, sample_ids, step, stream)
+    log_q = np.log1p(-p)
+    draws = int(p * n_max + 6 * np.sqrt(p * n_max) + 8)
+    while True:
+        with np.errstate(over="ignore"):
+            index = np.arange(draws, dtype=np.uint64) * _GOLDEN
+            u = _to_unit(_mix(keys[:, None] ^ index[None, :]))
+        gaps = 1 + np.floor(np.log1p(-u) / log_q).astype(np.int64)
+        pos = first[:, None] - 1 + np.cumsum(gaps, axis=1)
+        if (pos[:, -1] > last).all() or draws >= n_max:
+            break
+        draws = min(2 * draws, n_max)  # a rare row had more arrivals: draw more
+    hit = pos <= last[:, None]
+    rows = np.broadcast_to(np.arange(batch)[:, None], pos.shape)[hit]
+    out[rows, pos[hit]] = True
+    return out & eligible
 
 
 def _dilate(marks: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -115,23 +174,23 @@ def _replace(
     vocab_size: int,
     strategy: str,
 ) -> MaskedBatch:
-    """80% [MASK], 10% random k-mer id, 10% unchanged; labels -100 where not masked."""
-    batch, length = input_ids.shape
+    """80% [MASK], 10% random k-mer id, 10% unchanged; labels -100 where not masked.
+
+    Random numbers are drawn only at the masked positions.
+    """
     ids = np.array(input_ids, dtype=np.int64, copy=True)  # inputs may be read-only (Ray Data)
     labels = np.where(masked, ids, IGNORE_INDEX)
-    u = uniforms(seed, sample_ids, step, _S_REPLACE, length)
-    to_mask = masked & (u < 0.8)
-    to_random = masked & (u >= 0.8) & (u < 0.9)
-    ids[to_mask] = MASK_ID
-    if to_random.any():
-        r = uniforms(seed, sample_ids, step, _S_RANDOM_ID, length)[to_random]
-        ids[to_random] = NUM_SPECIAL + (r * (vocab_size - NUM_SPECIAL)).astype(np.int64)
+    flat = np.flatnonzero(masked)  # flat indices are cheaper than (row, col) pairs
+    rows, cols = np.divmod(flat, ids.shape[1])
+    u = _uniforms_at(_row_keys(seed, sample_ids, step, _S_REPLACE), rows, cols)
+    ids_flat = ids.reshape(-1)
+    ids_flat[flat[u < 0.8]] = MASK_ID
+    to_random = (u >= 0.8) & (u < 0.9)
+    r = _uniforms_at(
+        _row_keys(seed, sample_ids, step, _S_RANDOM_ID), rows[to_random], cols[to_random]
+    )
+    ids_flat[flat[to_random]] = NUM_SPECIAL + (r * (vocab_size - NUM_SPECIAL)).astype(np.int64)
     return MaskedBatch(ids, labels, strategy)
-
-
-def _centres(eligible: np.ndarray, seed, sample_ids, step, p: float) -> np.ndarray:
-    u = uniforms(seed, sample_ids, step, _S_CENTRE, eligible.shape[1])
-    return eligible & (u < p)
 
 
 def dnabert_mask(
@@ -145,17 +204,13 @@ def dnabert_mask(
 ) -> MaskedBatch:
     """DNABERT random spans: centres ~ Bernoulli(p), each masks c-2..c+3 (clipped)."""
     eligible = eligible_positions(input_ids, attention_mask)
-    centres = _centres(eligible, seed, sample_ids, step, p)
+    centres = bernoulli_arrivals(eligible, seed, sample_ids, step, _S_CENTRE, p)
     masked = _dilate(centres, 2, 3) & eligible
     return _replace(input_ids, masked, seed, sample_ids, step, vocab_size, "dnabert")
 
 
-def _position_ranks(input_ids: np.ndarray, eligible: np.ndarray, rank_table: np.ndarray):
-    """Rank of the k-mer at every position by its content; ineligible -> worse than all."""
-    worst = int(rank_table.max()) + 1
-    ranks = rank_table[input_ids].astype(np.int64)
-    ranks[~eligible] = worst
-    return ranks, worst
+def _worst_rank(rank_table: np.ndarray) -> int:
+    return int(rank_table.max()) + 1
 
 
 def genemask_mask(
@@ -172,30 +227,37 @@ def genemask_mask(
     half of the centres (all when <= 8)."""
     eligible = eligible_positions(input_ids, attention_mask)
     batch, length = input_ids.shape
-    centres = _centres(eligible, seed, sample_ids, step, p)
+    centres = bernoulli_arrivals(eligible, seed, sample_ids, step, _S_CENTRE, p)
     masked = _dilate(centres, 2, 3) & eligible
     rows, cols = np.nonzero(centres)
     if rows.size:
-        ranks, worst = _position_ranks(input_ids, eligible, rank_table)
-        # Best (rank, position) in each centre's 6-span c-2..c+3: composite key, min wins.
-        key = ranks * length + np.arange(length)[None, :]
-        key[~eligible] = worst * length + length
-        offsets = np.arange(-2, 4)
-        window = np.clip(cols[:, None] + offsets[None, :], 0, length - 1)
-        best_key = key[rows[:, None], window].min(axis=1)
-        best_pos = best_key % length
+        # Best (rank, position) in each centre's 6-span c-2..c+3, as one composite key
+        # rank*length + position (min wins, ties -> lower position); only the spans are read.
+        worst = _worst_rank(rank_table)
+        window = np.clip(cols[:, None] + np.arange(-2, 4)[None, :], 0, length - 1)
+        win_rows = rows[:, None]
+        ranks = rank_table[input_ids[win_rows, window]].astype(np.int64)
+        ranks[~eligible[win_rows, window]] = worst + 1
+        best_key = (ranks * length + window).min(axis=1)
         # Order centres within their row by their best k-mer's (rank, position).
         order = np.lexsort((best_key, rows))
-        rows_o, best_pos_o = rows[order], best_pos[order]
+        rows_o, best_pos_o = rows[order], best_key[order] % length
         counts = np.bincount(rows_o, minlength=batch)
-        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        first = np.cumsum(counts) - counts
         within = np.arange(rows_o.size) - first[rows_o]
         n = counts[rows_o]
-        keep = np.where(n <= GENEMASK_ALL_BELOW, True, within < (n + 1) // 2)
+        keep = (n <= GENEMASK_ALL_BELOW) | (within < (n + 1) // 2)
         pmi_marks = np.zeros_like(centres)
         pmi_marks[rows_o[keep], best_pos_o[keep]] = True
         masked |= _dilate(pmi_marks, 5, 5) & eligible
     return _replace(input_ids, masked, seed, sample_ids, step, vocab_size, "genemask")
+
+
+def global_k(
+    eligible: np.ndarray, seed: int, sample_ids: np.ndarray, step: int, p: float = GLOBAL_P
+) -> np.ndarray:
+    """k per row: the number of Bernoulli(p) successes over the row's eligible positions."""
+    return bernoulli_arrivals(eligible, seed, sample_ids, step, _S_GLOBAL_K, p).sum(axis=1)
 
 
 def global_mask(
@@ -212,25 +274,24 @@ def global_mask(
     """Global PMI masking: the 11-spans of the row's k best-ranked positions, k ~ Bin(n, p)."""
     eligible = eligible_positions(input_ids, attention_mask)
     batch, length = input_ids.shape
-    u = uniforms(seed, sample_ids, step, _S_GLOBAL_K, length)
-    k = ((u < p) & eligible).sum(axis=1)
+    k = global_k(eligible, seed, sample_ids, step, p)
     masked = np.zeros_like(eligible)
-    kmax = int(k.max()) if batch else 0
+    kmax = int(k.max(initial=0))
     if kmax:
-        ranks, worst = _position_ranks(input_ids, eligible, rank_table)
-        key = ranks * length + np.arange(length)[None, :]  # unique: ties -> lower position
-        key[~eligible] = np.iinfo(np.int64).max
+        # Composite key rank*length + position: unique per row, so one row sort orders the
+        # positions by rank with ties to the lower position. int32 when it fits (fast sort).
+        worst = _worst_rank(rank_table)
+        dtype = np.int32 if (worst + 2) * length < 2**31 else np.int64
+        key = rank_table[input_ids].astype(dtype)
+        key *= length
+        key += np.arange(length, dtype=dtype)[None, :]
+        key[~eligible] = np.iinfo(dtype).max
         kmax = min(kmax, length)
-        if kmax < length:
-            top = np.argpartition(key, kmax - 1, axis=1)[:, :kmax]
-        else:
-            top = np.broadcast_to(np.arange(length), (batch, length)).copy()
-        top_keys = np.take_along_axis(key, top, axis=1)
-        top = np.take_along_axis(top, np.argsort(top_keys, axis=1), axis=1)  # best first
+        top = np.sort(key, axis=1)[:, :kmax]
         chosen = np.arange(kmax)[None, :] < k[:, None]
         marks = np.zeros_like(eligible)
-        row_idx = np.broadcast_to(np.arange(batch)[:, None], top.shape)
-        marks[row_idx[chosen], top[chosen]] = True
+        rows = np.broadcast_to(np.arange(batch)[:, None], top.shape)[chosen]
+        marks[rows, top[chosen] % length] = True
         masked = _dilate(marks, 5, 5) & eligible
     out = _replace(input_ids, masked, seed, sample_ids, step, vocab_size, "global")
     return (out, k) if return_k else out
