@@ -44,6 +44,8 @@ The tables go to stdout and, with all repeat timings, to `<out>/masking_throughp
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import platform
 import statistics
@@ -111,9 +113,13 @@ STAGE_NAMES = tuple(name for name, _ in STAGES)
 
 
 # --- the Python-loop reference implementation ---------------------------------------------------
-# Plain loops over rows and positions, written from the rules in bsm_ray/data/masking.py's
-# docstring. Only the random numbers come from numpy: the library's `uniforms` arrays (same
-# seed, sample ids, step and stream), so the loop and the library make the same draws.
+# Plain loops over rows and positions, written from the rules in bsm_ray/data/masking.py. Only the
+# random numbers come from numpy: the library's `uniforms` arrays (same seed, sample ids, step and
+# stream), so the loop and the library make the same draws:
+# - Bernoulli(p) successes over a row's eligible positions (DNABERT and GeneMask centres, Global's
+#   k) are the arrivals of a Bernoulli process (`bernoulli_arrivals`): draw i of the row's stream
+#   gives the gap 1 + floor(ln(1 - u_i) / ln(1 - p)) to the next success, from first - 1;
+# - the replacement of masked position j uses draw j of the replace / random-id streams.
 
 
 def _loop_prepare(input_ids, attention_mask):
@@ -137,6 +143,23 @@ def _loop_prepare(input_ids, attention_mask):
         eligible.append(flags)
         bounds.append((first, last))
     return rows, eligible, bounds
+
+
+def _loop_successes(draws, flags, bounds, p) -> list[int]:
+    """The eligible positions where a Bernoulli(p) trial succeeds, in order (see above)."""
+    first, last = bounds
+    out: list[int] = []
+    if first < 0 or p <= 0:
+        return out
+    log_q = math.log1p(-p)
+    pos = first - 1
+    for u in draws:
+        pos += 1 + math.floor(math.log1p(-u) / log_q)
+        if pos > last:
+            break
+        if flags[pos]:
+            out.append(pos)
+    return out
 
 
 def _loop_span(masked, flags, bounds, lo, hi) -> None:
@@ -189,9 +212,8 @@ def loop_dnabert(input_ids, attention_mask, seed, sample_ids, step, p=None, voca
     masked_rows = []
     for b in range(len(rows)):
         flags, masked = eligible[b], [False] * length
-        for c in range(length):
-            if flags[c] and u[b][c] < p:
-                _loop_span(masked, flags, bounds[b], c - 2, c + 3)
+        for c in _loop_successes(u[b], flags, bounds[b], p):
+            _loop_span(masked, flags, bounds[b], c - 2, c + 3)
         masked_rows.append(masked)
     return _loop_replace(rows, masked_rows, seed, sample_ids, step, vocab_size)
 
@@ -214,9 +236,7 @@ def loop_genemask(
         flags, masked = eligible[b], [False] * length
         first, last = bounds[b]
         best = []  # (rank, position) of each centre's best k-mer
-        for c in range(length):
-            if not (flags[c] and u[b][c] < p):
-                continue
+        for c in _loop_successes(u[b], flags, bounds[b], p):
             _loop_span(masked, flags, bounds[b], c - 2, c + 3)
             best_pos = -1
             for j in range(max(c - 2, first), min(c + 3, last) + 1):
@@ -248,10 +268,7 @@ def loop_global(
     masked_rows = []
     for b, row in enumerate(rows):
         flags, masked = eligible[b], [False] * length
-        k = 0
-        for j in range(length):
-            if flags[j] and u[b][j] < p:
-                k += 1
+        k = len(_loop_successes(u[b], flags, bounds[b], p))
         if k:
             order = sorted((rank_of[row[j]], j) for j in range(length) if flags[j])
             for _rank, j0 in order[:k]:
@@ -318,6 +335,23 @@ def _random_rows(seed: int, rows: int):
     return enc["input_ids"], enc["attention_mask"]
 
 
+def _edge_rows(seed: int, rows: int):
+    """Rows for the correctness check only: lengths 0..511 nt (so padding, and rows with no
+    k-mer at all), N runs ([UNK] k-mers) and lowercase letters."""
+    import numpy as np
+
+    from bsm_ray.tokenizers.kmer import KmerTokenizer
+
+    rng = np.random.default_rng(seed)
+    letters = np.frombuffer(b"ACGTNacgt", dtype=np.uint8)
+    lengths = rng.integers(0, PIECE_NT + 1, size=rows)
+    lengths[: min(rows, 4)] = [0, K - 1, K, PIECE_NT][: min(rows, 4)]
+    weights = np.array([0.24, 0.24, 0.24, 0.24, 0.01, 0.0075, 0.0075, 0.0075, 0.0075])
+    seqs = [bytes(letters[rng.choice(len(letters), size=n, p=weights)]) for n in lengths]
+    enc = KmerTokenizer(K).encode_batch(seqs)
+    return enc["input_ids"], enc["attention_mask"]
+
+
 def _vectorized(strategy: str, rank_table):
     from bsm_ray.data.masking import dnabert_mask, genemask_mask, global_mask
 
@@ -353,6 +387,8 @@ def stage_masking(s: dict) -> dict:
     loop_ids, loop_att = batches[0][0][:loop_rows], batches[0][1][:loop_rows]
     loop_sid = batches[0][2][:loop_rows]
     loop_tokens = int(eligible_positions(loop_ids, loop_att).sum())
+    edge_ids, edge_att = _edge_rows(s["input_seed"] + 7, loop_rows)
+    edge_sid = np.arange(10**9, 10**9 + loop_rows, dtype=np.int64)
     setup_rss = proc_status_mib("VmRSS")
 
     results = {}
@@ -361,9 +397,13 @@ def stage_masking(s: dict) -> dict:
         loop = _looped(strategy, rank_table)
 
         def run_vec(vec=vec):
-            return [vec(ids, att, sid) for ids, att, sid in batches]
+            first = None
+            for ids, att, sid in batches:
+                out = vec(ids, att, sid)
+                first = out if first is None else first
+            return first  # the first batch's output, for the batch-independence check
 
-        vec_times, vec_out = timed(run_vec, s["repeats"], s["warmup"])
+        vec_times, big = timed(run_vec, s["repeats"], s["warmup"])
         loop_times, (loop_ids_out, loop_labels) = timed(
             lambda loop=loop: loop(loop_ids, loop_att, loop_sid), s["repeats"], s["warmup"]
         )
@@ -373,10 +413,15 @@ def stage_masking(s: dict) -> dict:
         same_positions = bool(np.array_equal(loop_labels != IGNORE_INDEX, small.masked))
         same_labels = bool(np.array_equal(loop_labels, small.labels))
         same_ids = bool(np.array_equal(loop_ids_out, small.input_ids))
-        big = vec_out[0]
         batch_free = bool(
             np.array_equal(big.labels[:loop_rows], small.labels)
             and np.array_equal(big.input_ids[:loop_rows], small.input_ids)
+        )
+        edge_vec = vec(edge_ids, edge_att, edge_sid)
+        edge_loop_ids, edge_loop_labels = loop(edge_ids, edge_att, edge_sid)
+        edge_same = bool(
+            np.array_equal(edge_loop_labels, edge_vec.labels)
+            and np.array_equal(edge_loop_ids, edge_vec.input_ids)
         )
         vec_s, loop_s = statistics.median(vec_times), statistics.median(loop_times)
         results[strategy] = {
@@ -402,8 +447,10 @@ def stage_masking(s: dict) -> dict:
             "same_labels": same_labels,
             "same_input_ids": same_ids,
             "vectorized_independent_of_batch": batch_free,
-            "identical": same_positions and same_labels and same_ids and batch_free,
+            "edge_rows_same": edge_same,
+            "identical": same_positions and same_labels and same_ids and batch_free and edge_same,
             "masked_in_checked_rows": int(small.masked.sum()),
+            "masked_in_edge_rows": int(edge_vec.masked.sum()),
         }
     return {
         "amount": None,
@@ -664,8 +711,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.stage:
-        import json
-
         run_stage_here(args.stage, json.loads(args.stage_settings), args.stage_result)
         return {}
 
@@ -718,8 +763,10 @@ def main(argv: list[str] | None = None) -> dict:
         "one_core": core_note,
         "stages": {},
     }
-    print(f"every stage in its own subprocess, {core_note}; median of {args.repeats} after "
-          f"{args.warmup} warm-up")  # fmt: skip
+    print(
+        f"every stage in its own subprocess, {core_note}; median of {args.repeats} after "
+        f"{args.warmup} warm-up"
+    )
 
     identical: dict[str, str] = {}
     if "masking" in results:
@@ -745,6 +792,7 @@ def main(argv: list[str] | None = None) -> dict:
                     ("labels", "same_labels"),
                     ("input ids", "same_input_ids"),
                     ("vs. full batch", "vectorized_independent_of_batch"),
+                    (f"{s['checked_rows']} varied-length rows", "edge_rows_same"),
                 )
             )
             print(
@@ -817,7 +865,6 @@ def main(argv: list[str] | None = None) -> dict:
     }
     report["baseline_rss_mib"] = baseline
     report["driver_peak_rss_mib"] = peak_rss_mib()
-    report["rows"] = rows
     report["wall_seconds"] = time.time() - started
     result_path = out / RESULT_NAME
     atomic_write_json(result_path, report)

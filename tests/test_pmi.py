@@ -198,3 +198,20 @@ def test_ray_parallel_counting_equals_local(tmp_path, ray_instance):
     assert not local.parallel and remote.parallel
     assert local.windows == remote.windows
     assert pq.read_table(tmp_path / "l.parquet").equals(pq.read_table(tmp_path / "r.parquet"))
+
+
+@pytest.mark.parametrize("max_k", [1, 2, 3, 6])
+def test_counting_edge_cases_match_naive(max_k, tmp_path):
+    rng = np.random.default_rng(max_k)
+    # pieces shorter than k, N runs, lowercase (counted after upper() in count_fasta only)
+    seqs = ["".join(rng.choice(list("ACGTN"), p=[0.22] * 4 + [0.12], size=int(n)))
+            for n in rng.integers(0, 15, size=200)]  # fmt: skip
+    counter = KmerCounter(max_k)
+    counter.add_sequences(seqs)
+    assert counter.as_mapping() == dict(_naive_counts(seqs, max_k))
+    seq = "".join(rng.choice(list("ACGTN"), p=[0.22] * 4 + [0.12], size=3000))
+    path = tmp_path / "c.fa"
+    path.write_text(">r\n" + seq + "\n>s\n" + seq[:7] + "\n")
+    for chunk in (1, 2, 5, 7, 64):
+        got = count_fasta(str(path), max_k=max_k, chunk_bytes=chunk).as_mapping()
+        assert got == dict(_naive_counts([seq, seq[:7]], max_k)), chunk

@@ -23,9 +23,16 @@ Strategies:
   of the row's k best-ranked positions (ties: lower position) are masked; overlaps merge.
 - CM-Step and CM-GEMS choose one of these per batch (`curriculum.py` holds their schedules).
 
-Determinism: every random number is a counter-based hash of (seed, sample id, step, stream,
-position) (splitmix64), so a row's mask depends only on those, not on batch composition, order,
-worker count or restarts. No per-position Python loop: numpy over the whole batch.
+Randomness and determinism: every random number is a counter-based hash (splitmix64) of
+(seed, sample id, step, stream, index), so a row's mask depends only on those, not on batch
+composition, order, worker count or restarts. Bernoulli(p) draws over a row's eligible positions
+(DNABERT and GeneMask centres, Global's k) are taken as the arrivals of a Bernoulli process:
+draw i of the row's stream gives the gap 1 + floor(ln(1 - u_i) / ln(1 - p)) to the next success,
+starting before the first eligible position. That is the same distribution as one draw per
+position with ~p*length draws instead of `length`. It assumes a row's eligible positions are
+contiguous, which the tokenizer's `[CLS] k-mers [SEP] [PAD]...` layout guarantees ([UNK] k-mers
+count as eligible). The replacement of masked position j uses draw j of the replacement streams.
+No per-position Python loop: numpy over the whole batch.
 
 Pure module: numpy only.
 """
@@ -36,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bsm_ray.tokenizers.kmer import CLS_ID, MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID
+from bsm_ray.tokenizers.kmer import MASK_ID, NUM_SPECIAL, UNK_ID
 
 IGNORE_INDEX = -100
 DNABERT_P = 0.025
@@ -101,14 +108,9 @@ def _uniforms_at(keys: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.nda
 
 def eligible_positions(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
     """Real k-mer tokens: attended and not [CLS]/[SEP]/[PAD]/[MASK]."""
+    # Ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK]: eligible = [UNK] or a k-mer id (>= 5).
     ids = input_ids
-    return (
-        (attention_mask != 0)
-        & (ids != PAD_ID)
-        & (ids != CLS_ID)
-        & (ids != SEP_ID)
-        & (ids != MASK_ID)
-    )
+    return (attention_mask != 0) & ((ids > MASK_ID) | (ids == UNK_ID))
 
 
 def _bounds(eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -179,8 +181,9 @@ def _replace(
     Random numbers are drawn only at the masked positions.
     """
     ids = np.array(input_ids, dtype=np.int64, copy=True)  # inputs may be read-only (Ray Data)
-    labels = np.where(masked, ids, IGNORE_INDEX)
     flat = np.flatnonzero(masked)  # flat indices are cheaper than (row, col) pairs
+    labels = np.full(ids.shape, IGNORE_INDEX, dtype=np.int64)
+    labels.reshape(-1)[flat] = ids.reshape(-1)[flat]
     rows, cols = np.divmod(flat, ids.shape[1])
     u = _uniforms_at(_row_keys(seed, sample_ids, step, _S_REPLACE), rows, cols)
     ids_flat = ids.reshape(-1)

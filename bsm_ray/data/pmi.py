@@ -67,30 +67,63 @@ class KmerCounter:
 
         `skip` = length of a carry from the previous chunk of the same record: a window of
         length k starting at carry position i was counted with that chunk iff i < skip-(k-1).
+
+        One pass builds the ids of the windows of length K = max_k and counts them; the counts
+        of every shorter k follow by summing over the K-mers' suffixes (a K-window's first k
+        letters are a k-window at the same position). The few k-windows that are valid where
+        the K-window is not (near an invalid letter or the end of the buffer) are added from
+        the same ids, shifted.
         """
+        big_k = self.max_k
         codes = _CODE[np.frombuffer(buf, dtype=np.uint8)]
-        if codes.size == 0:
+        n = codes.size
+        if n == 0:
             return
         bad = codes == 4
         any_bad = bool(bad.any())
-        letters = codes & 3
-        ids = letters.astype(np.int32)  # ids of windows of length 1
-        bad_window = bad.copy() if any_bad else None
-        for k in range(1, self.max_k + 1):
-            if k > 1:
-                if ids.size <= 1:
-                    return
-                ids = ids[:-1]  # a view: extended in place to length k below
+        letters = codes & 3 if any_bad else codes
+        num_big = n - big_k + 1  # K-windows in the buffer
+        big_start = max(0, skip - (big_k - 1))
+        ids = np.zeros(0, dtype=np.int32)
+        bad_big = np.zeros(0, dtype=bool)
+        if num_big > 0:
+            ids = letters[:num_big].astype(np.int32)
+            for j in range(1, big_k):  # Horner over the K letters of every window at once
                 ids <<= 2
-                ids += letters[k - 1 :]
-                if any_bad:
-                    bad_window = bad_window[:-1]
-                    bad_window |= bad[k - 1 :]
-            start = max(0, skip - (k - 1))
-            valid = ids[start:]
+                ids += letters[j : j + num_big]
             if any_bad:
-                valid = valid[~bad_window[start:]]
-            self.counts[k] += np.bincount(valid, minlength=4**k)
+                bad_big = bad[:num_big].copy()
+                for j in range(1, big_k):
+                    bad_big |= bad[j : j + num_big]
+            valid = ids[big_start:]
+            if any_bad:
+                valid = valid[~bad_big[big_start:]]
+            big_counts = np.bincount(valid, minlength=4**big_k)
+            self.counts[big_k] += big_counts
+            for k in range(1, big_k):
+                self.counts[k] += big_counts.reshape(4**k, -1).sum(axis=1)
+        # k-windows counted where the K-window was not: invalid K-window or past the last one.
+        bad_k = bad
+        for k in range(1, big_k):
+            if k > 1:
+                bad_k = bad_k[:-1] | bad[k - 1 :]
+            start = max(0, skip - (k - 1))
+            # The suffix sums above also counted the k-prefixes of K-windows that start in the
+            # carry before `start`: those k-windows were counted with the previous chunk.
+            for p in range(big_start, min(start, num_big)):
+                if not (any_bad and bad_big[p]):
+                    self.counts[k][int(ids[p]) >> (2 * (big_k - k))] -= 1
+            if any_bad and num_big > 0:
+                cand = np.flatnonzero(bad_big[start:] & ~bad_k[start:num_big]) + start
+                if cand.size:
+                    self.counts[k] += np.bincount(ids[cand] >> (2 * (big_k - k)),
+                                                  minlength=4**k)  # fmt: skip
+            for p in range(max(start, num_big, 0), n - k + 1):  # at most K-1 tail windows
+                if not bad_k[p]:
+                    code = 0
+                    for letter in letters[p : p + k]:
+                        code = code * 4 + int(letter)
+                    self.counts[k][code] += 1
 
     def add_sequences(self, seqs: Iterable[bytes | str]) -> None:
         """Count many short sequences (e.g. genome pieces): joined with 'N', one pass."""
