@@ -1,0 +1,80 @@
+"""Checkpoint files: DeepSpeed engine state loaded with safe loaders, trainer state as JSON.
+
+A checkpoint directory holds:
+- `state/`: DeepSpeed's own files (model and ZeRO optimizer partitions of every rank), written by
+  `engine.save_checkpoint`. They are torch zip files; we load them with
+  `torch.load(weights_only=True)`, never full unpickling: `SafeCheckpointEngine` replaces
+  DeepSpeed's loader, allowing only the three plain DeepSpeed data types its files contain.
+- `trainer_state.json` (rank 0): the step, the data position (mixture plan state), the masking
+  schedule state, the config name.
+- `rng_rank<r>.json` (every rank): that rank's torch RNG state (dropout), as a list of bytes.
+- `final_model/` (end of run, rank 0): the model in Hugging Face format (safetensors) and its
+  tokenizer, loadable with `from_pretrained` without our code.
+
+Imports torch and deepspeed lazily (only the training engine uses them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bsm_ray.fileio import atomic_write_text
+
+STATE_TAG = "state"
+TRAINER_STATE = "trainer_state.json"
+
+
+def _safe_globals() -> list:
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, fragment_address]
+
+
+def install_safe_loader(engine) -> None:
+    """Make `engine.load_checkpoint` read its files with torch.load(weights_only=True)."""
+    import torch
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    allowed = _safe_globals()
+
+    class SafeCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    safe = SafeCheckpointEngine(None)
+    safe.zipfile_serialization = getattr(engine.checkpoint_engine, "zipfile_serialization", True)
+    engine.checkpoint_engine = safe
+
+
+def save_rng(directory: Path, rank: int) -> None:
+    import torch
+
+    state = {"torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    atomic_write_text(directory / f"rng_rank{rank}.json", json.dumps(state))
+
+
+def load_rng(directory: Path, rank: int) -> bool:
+    import torch
+
+    path = directory / f"rng_rank{rank}.json"
+    if not path.is_file():
+        return False
+    state = json.loads(path.read_text())
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+    return True
+
+
+def write_trainer_state(directory: Path, state: dict) -> None:
+    atomic_write_text(directory / TRAINER_STATE, json.dumps(state, indent=2))
+
+
+def read_trainer_state(directory: Path) -> dict:
+    return json.loads((directory / TRAINER_STATE).read_text())

@@ -1,0 +1,124 @@
+"""Training configs: one strict dataclass tree per run, loaded from YAML with `--set` overrides.
+
+Pure module: no ray, torch or deepspeed (configs are shipped to Ray workers as plain data).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bsm_ray.train.schedules import ScheduleConfig
+
+
+@dataclass
+class DataConfig:
+    """What the run trains on."""
+
+    dataset: str = "data/sample"
+    """A dataset prepared by jobs/prepare_data.py (built from the sample corpus if missing and
+    this is the default path)."""
+    mix: dict[str, float] = field(default_factory=lambda: {"single_dna": 1.0})
+    """Source kind -> token ratio (causal LM). MLM runs train on the 'genome' kind."""
+    val_rows_per_source: int = 64
+    """Validation rows evaluated per source (the first rows of each source's val split)."""
+
+
+@dataclass
+class MaskingConfig:
+    """MLM masking (DNABERT / LOGO)."""
+
+    strategy: Literal["dnabert", "genemask", "global", "cm_step", "cm_gems"] = "dnabert"
+    """dnabert random spans, genemask, global, or the curricula cm_step / cm_gems."""
+    pmi_table: str | None = None
+    """NPMI table (jobs/build_pmi.py) for genemask / global / cm_*; built from the sample if None."""
+    switch_threshold: float = 1.0
+    """cm_gems: switch to Global when the eval perplexity drop falls below this."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and gradient clipping."""
+
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """A pretraining run (BSM causal LM or DNABERT/LOGO masked LM)."""
+
+    name: str = "run"
+    """Run name: a fresh launch with the same name and storage resumes from its checkpoint."""
+    model: str = "bsm-tiny"
+    """Model preset (bsm_ray/models/presets.py)."""
+    objective: Literal["causal", "mlm"] = "causal"
+    seq_len: int = 256
+    """Tokens per row (causal); MLM rows are 512 positions."""
+    max_steps: int = 20
+    """Optimizer steps."""
+    global_batch_tokens: int = 8192
+    """Tokens per optimizer step over all workers; micro-batches x accumulation x workers."""
+    micro_batch_rows: int = 4
+    """Rows per worker per forward/backward."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage 0-3."""
+    seed: int = 0
+    num_workers: int = 2
+    """Ray Train workers; 0 runs the loop in this process without Ray."""
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    eval_every: int = 10
+    checkpoint_every: int = 10
+    """Steps between checkpoints (a checkpoint is also written at the end)."""
+    keep_checkpoints: int = 2
+    max_failures: int = 1
+    """Worker-group restarts Ray Train may do (resuming from the last checkpoint)."""
+    storage_path: str = "runs"
+    """Where runs, checkpoints and metrics live (a local path or a cloud URI)."""
+    init_from: str | None = None
+    """Start from these weights (a Hugging Face model folder, e.g. the previous round's
+    final_model/) instead of a fresh initialisation."""
+    peak_flops: float | None = None
+    """Device peak FLOP/s for MFU; measured with a matmul at start-up when None."""
+    trace: bool = False
+    """Write per-step (loss, rows consumed) and worker pids under <run>/trace/ (tests, audits)."""
+
+    def __post_init__(self) -> None:
+        self.storage_path = os.path.expanduser(self.storage_path)
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0..3, got {self.zero_stage}")
+        if self.max_steps <= 0 or self.micro_batch_rows <= 0 or self.seq_len <= 1:
+            raise ValueError("max_steps, micro_batch_rows and seq_len must be positive")
+
+    @property
+    def row_len(self) -> int:
+        return 512 if self.objective == "mlm" else self.seq_len
+
+    def batch_layout(self, world_size: int) -> tuple[int, int]:
+        """(global rows per step, gradient accumulation steps) for `world_size` workers.
+
+        global rows = global_batch_tokens / row_len; it must split evenly into
+        world_size x micro_batch_rows x accumulation.
+        """
+        row_len = self.row_len
+        if self.global_batch_tokens % row_len:
+            raise ValueError(
+                f"global_batch_tokens {self.global_batch_tokens} is not a multiple of the row "
+                f"length {row_len}"
+            )
+        rows = self.global_batch_tokens // row_len
+        per_step = world_size * self.micro_batch_rows
+        if rows % per_step:
+            raise ValueError(
+                f"{rows} rows per step do not split into {world_size} workers x "
+                f"{self.micro_batch_rows} rows per micro-batch"
+            )
+        return rows, rows // per_step

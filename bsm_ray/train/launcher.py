@@ -1,0 +1,121 @@
+"""Launch a training run: in this process (`num_workers: 0`) or as a Ray Train `TorchTrainer`.
+
+With Ray: one Ray Dataset of token windows per source and split is handed to the trainer (each
+worker reads all rows and takes its slice of the global plan, so `datasets_to_split=[]`);
+`ScalingConfig` from the config; `RunConfig(name, storage_path)` with `FailureConfig` and
+`CheckpointConfig`. A fresh launch with the same name and storage resumes from the latest
+checkpoint (Ray Train V2), and a failed worker group restarts from it, up to `max_failures`.
+
+Imports ray only when launching with workers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bsm_ray.config import from_dict, to_dict
+from bsm_ray.train.config import TrainConfig
+from bsm_ray.train.context import (
+    LocalContext,
+    RayTrainContext,
+    build_windows,
+    dataset_name,
+    is_local_path,
+)
+from bsm_ray.train.loop import train_loop
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]
+    checkpoint: str | None  # directory (local) or URI of the final checkpoint
+    run_dir: str
+
+    @property
+    def final_model(self) -> str | None:
+        return None if self.checkpoint is None else f"{self.checkpoint}/final_model"
+
+
+def ensure_dataset(config: TrainConfig) -> None:
+    """Prepare the sample dataset when the run points at the default path and it is missing."""
+    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+    from bsm_ray.errors import BsmRayError
+
+    if (Path(config.data.dataset) / "manifest.json").is_file():
+        return
+    if config.data.dataset != "data/sample":
+        raise BsmRayError(f"{config.data.dataset}: no prepared dataset (run jobs/prepare_data.py)")
+    prepare_dataset(PrepareConfig(output_dir=config.data.dataset, progress=False))
+
+
+def _worker_entry(config_dict: dict) -> None:
+    config = from_dict(TrainConfig, config_dict)
+    train_loop(config, RayTrainContext(config))
+
+
+def _ray_datasets(config: TrainConfig) -> dict[str, Any]:
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    datasets = {}
+    for split in ("train", "val"):
+        for source, win in build_windows(config, split).items():
+            import pyarrow as pa
+
+            table = pa.table({
+                "input_ids": ArrowTensorArray.from_numpy(win.input_ids),
+                "attention_mask": ArrowTensorArray.from_numpy(win.attention_mask),
+                "row_id": pa.array(win.row_ids),
+            })  # fmt: skip
+            datasets[dataset_name(split, source)] = ray.data.from_arrow(table)
+    return datasets
+
+
+def launch(config: TrainConfig) -> TrainResult:
+    """Run the training described by `config`; return its final metrics and checkpoint."""
+    ensure_dataset(config)
+    storage = config.storage_path
+    if is_local_path(storage):
+        storage = str(Path(storage.removeprefix("file://")).resolve())
+        config = from_dict(TrainConfig, {**to_dict(config), "storage_path": storage})
+    run_dir = f"{storage}/{config.name}"
+    if config.num_workers == 0:
+        ctx = LocalContext(config)
+        metrics = train_loop(config, ctx)
+        checkpoint = next((r["checkpoint"] for r in reversed(ctx.reports) if "checkpoint" in r),
+                          None)  # fmt: skip
+        return TrainResult(metrics, checkpoint, run_dir)
+
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        # Connect to a cluster under `ray job submit` (RAY_ADDRESS); otherwise start one with
+        # more logical CPUs than cores so Ray Data never starves behind the train workers.
+        address = os.environ.get("RAY_ADDRESS")
+        kwargs = {} if address else {"num_cpus": max(4, (os.cpu_count() or 2) * 2)}
+        ray.init(address=address, log_to_driver=True, **kwargs)
+    trainer = TorchTrainer(
+        _worker_entry,
+        train_loop_config=to_dict(config),
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=config.name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+        ),
+        datasets=_ray_datasets(config),
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )  # fmt: skip
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    return TrainResult(dict(result.metrics or {}), checkpoint, run_dir)

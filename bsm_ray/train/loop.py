@@ -1,0 +1,376 @@
+"""The training loop, written once against `TrainContext` (Ray Train worker or local process).
+
+Per optimizer step (all ranks compute the same global plan, each takes its slice, so no data
+coordination is needed and a restart continues from the saved plan position):
+
+    rows = plan.take(global_rows)                    # (source, row) in mix order
+    my_rows = rows[rank * per_rank : (rank + 1) * per_rank]
+    for each micro-batch of my_rows:                 # gradient accumulation
+        loss = engine(batch).loss; engine.backward(loss); engine.step()
+
+DeepSpeed does ZeRO (stage 0-3 from the config), gradient accumulation and clipping; the LR is
+set from `schedules.lr_at(step)` before every step, so the schedule needs no state of its own.
+fp32 on CPU, bf16 on GPU. Causal LM loss is transformers' shifted cross-entropy (padding is
+-100); MLM loss covers masked positions only (labels -100 elsewhere), masks from
+`bsm_ray.data.masking`, deterministic in (seed, row id, step).
+
+Metrics (namespaced): train/loss, train/lr, train/tokens_per_s, train/mfu, val/loss/<source>,
+val/loss, val/ppl, data/mix/<source> (realized token fraction), data/repeats/<source>.
+
+Imports torch and deepspeed (inside `train_loop`, after choosing the accelerator).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bsm_ray.data.mixing import MixState, MixturePlan
+from bsm_ray.models import build_model, choose_attention, count_parameters, get_preset
+from bsm_ray.models.presets import flops_per_token
+from bsm_ray.train.checkpointing import (
+    STATE_TAG,
+    install_safe_loader,
+    load_rng,
+    read_trainer_state,
+    save_rng,
+    write_trainer_state,
+)
+from bsm_ray.train.config import TrainConfig
+from bsm_ray.train.context import TrainContext
+from bsm_ray.train.schedules import lr_at
+
+
+def deepspeed_config(config: TrainConfig, world_size: int, use_bf16: bool) -> dict[str, Any]:
+    _, accum = config.batch_layout(world_size)
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": config.micro_batch_rows,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": config.optim.grad_clip,
+        "zero_optimization": {"stage": config.zero_stage},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if use_bf16:
+        ds["bf16"] = {"enabled": True}
+    return ds
+
+
+def measure_peak_flops(device) -> float:
+    """Achieved dense matmul FLOP/s on this device (fp32 CPU / bf16 GPU), for MFU."""
+    import torch
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    n = 4096 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 0.3:
+        a @ b
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+class _Masker:
+    """MLM masking of a batch for a step, following the configured strategy or curriculum."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        from bsm_ray.data.curriculum import CmGemsSchedule, CmStepSchedule
+
+        self.config = config
+        strategy = config.masking.strategy
+        self.rank_table = None
+        if strategy != "dnabert":
+            self.rank_table = _load_rank_table(config.masking.pmi_table)
+        self.schedule = None
+        if strategy == "cm_step":
+            self.schedule = CmStepSchedule(max_steps=config.max_steps, seed=config.seed)
+        elif strategy == "cm_gems":
+            self.schedule = CmGemsSchedule(threshold=config.masking.switch_threshold)
+
+    def strategy(self, step: int) -> str:
+        return self.schedule.strategy(step) if self.schedule else self.config.masking.strategy
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray, row_ids: np.ndarray, step: int):
+        from bsm_ray.data.masking import apply_mask
+
+        return apply_mask(self.strategy(step), ids, mask, self.config.seed, row_ids, step,
+                          self.rank_table)  # fmt: skip
+
+
+def _load_rank_table(path: str | None) -> np.ndarray:
+    from bsm_ray.data.pmi_build import PmiConfig, build_pmi_table, load_rank_table
+
+    if path is None:  # the sample corpus's table, built once and cached
+        from bsm_ray.data.samples import cache_dir
+
+        path = str(cache_dir() / "npmi_6mer_sample.parquet")
+        if not Path(path).is_file():
+            build_pmi_table(PmiConfig(output=path, progress=False, parallel="local"))
+    return load_rank_table(path)
+
+
+def _batch_tensors(config, windows, rows, masker, step, device):
+    """Tensors for one micro-batch of (source, row) pairs."""
+    import torch
+
+    ids = np.stack([windows[s].input_ids[r] for s, r in rows])
+    mask = np.stack([windows[s].attention_mask[r] for s, r in rows])
+    if config.objective == "mlm":
+        row_ids = np.array([windows[s].row_ids[r] for s, r in rows], dtype=np.int64)
+        masked = masker(ids, mask, row_ids, step)
+        input_ids, labels = masked.input_ids, masked.labels
+    else:
+        input_ids = ids.astype(np.int64)
+        labels = np.where(mask > 0, input_ids, -100)
+    return {
+        "input_ids": torch.from_numpy(np.ascontiguousarray(input_ids)).to(device),
+        "attention_mask": torch.from_numpy(mask.astype(np.int64)).to(device),
+        "labels": torch.from_numpy(np.ascontiguousarray(labels)).to(device),
+    }
+
+
+def _num_targets(batch, objective: str) -> int:
+    labels = batch["labels"]
+    if objective == "causal":
+        return int((labels[:, 1:] != -100).sum())
+    return int((labels != -100).sum())
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def evaluate(engine, config, ctx, val_windows, masker, step, device) -> dict[str, float]:
+    """Loss per validation source (token-weighted over all workers) and overall."""
+    import torch
+
+    engine.eval()
+    sums: list[float] = []
+    names = sorted(val_windows)
+    with torch.no_grad():
+        for source in names:
+            win = val_windows[source]
+            n = min(len(win), config.data.val_rows_per_source)
+            mine = list(range(ctx.rank, n, ctx.world_size))
+            loss_sum, count = 0.0, 0
+            for i in range(0, len(mine), config.micro_batch_rows):
+                rows = [(source, r) for r in mine[i : i + config.micro_batch_rows]]
+                # Validation masks use a fixed step so every evaluation sees the same masks.
+                batch = _batch_tensors(config, val_windows, rows, masker, 0, device)
+                targets = _num_targets(batch, config.objective)
+                if targets:
+                    loss_sum += float(engine(**batch).loss) * targets
+                    count += targets
+            sums += [loss_sum, count]
+    engine.train()
+    totals = _all_reduce_sum(sums, device)
+    metrics: dict[str, float] = {}
+    all_loss, all_count = 0.0, 0.0
+    for i, source in enumerate(names):
+        loss_sum, count = totals[2 * i], totals[2 * i + 1]
+        if count:
+            metrics[f"val/loss/{source}"] = loss_sum / count
+        all_loss += loss_sum
+        all_count += count
+    if all_count:
+        metrics["val/loss"] = all_loss / all_count
+        metrics["val/ppl"] = math.exp(min(50.0, metrics["val/loss"]))
+    return metrics
+
+
+def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
+    """Train; return the final metrics (val/loss, train/loss, step, checkpoint path)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if config.use_gpu else "cpu")
+    import deepspeed
+    import torch
+
+    device = ctx.device()
+    preset = get_preset(config.model)
+    attn, attn_reason = choose_attention(preset, device.type)
+    use_bf16 = device.type == "cuda"
+    if config.init_from:
+        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+        cls = AutoModelForCausalLM if preset.family == "bsm" else AutoModelForMaskedLM
+        model = cls.from_pretrained(config.init_from, attn_implementation=attn)
+    else:
+        model = build_model(preset, attn, seed=config.seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.schedule.start_lr, betas=tuple(config.optim.betas),
+        eps=config.optim.eps, weight_decay=config.optim.weight_decay,
+    )  # fmt: skip
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer,
+        config=deepspeed_config(config, ctx.world_size, use_bf16),
+    )  # fmt: skip
+    install_safe_loader(engine)
+    global_rows, accum = config.batch_layout(ctx.world_size)
+    per_rank = global_rows // ctx.world_size
+
+    train_windows = ctx.windows("train")
+    val_windows = ctx.windows("val")
+    weights = {"genome": 1.0} if config.objective == "mlm" else dict(config.data.mix)
+    plan = MixturePlan(weights, {s: len(w) for s, w in train_windows.items()}, seed=config.seed)
+    masker = _Masker(config) if config.objective == "mlm" else None
+
+    step = 0
+    resumed_from = None
+    with ctx.latest_checkpoint() as checkpoint:
+        if checkpoint is not None:
+            engine.load_checkpoint(str(checkpoint), tag=STATE_TAG)
+            state = read_trainer_state(checkpoint)
+            step = int(state["step"])
+            plan.state = MixState.from_dict(state["mix"])
+            if masker is not None and masker.schedule is not None and state.get("curriculum"):
+                masker.schedule.load_state_dict(state["curriculum"])
+            load_rng(checkpoint, ctx.rank)
+            resumed_from = int(state["step"])
+
+    num_params = count_parameters(preset)
+    fpt = flops_per_token(preset, config.row_len, num_params)
+    peak = config.peak_flops or measure_peak_flops(device) * ctx.world_size
+    if ctx.is_rank0:
+        print(f"[bsm_ray] model {preset.name}: {num_params:,} parameters, attention {attn} "
+              f"({attn_reason}); ZeRO-{config.zero_stage}; {ctx.world_size} worker(s); "
+              f"{global_rows} rows/step = {micro_rows_desc(config, accum)}"
+              + (f"; resumed at step {resumed_from}" if resumed_from is not None else ""),
+              flush=True)  # fmt: skip
+    trace = _Trace(ctx, config) if config.trace else None
+    metrics: dict[str, Any] = {}
+    tokens_by_source = {s: 0 for s in weights}
+    while step < config.max_steps:
+        t0 = time.perf_counter()
+        lr = lr_at(config.schedule, step, config.max_steps)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        rows = plan.take(global_rows)
+        for source, _ in rows:
+            tokens_by_source[source] += config.row_len
+        mine = rows[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
+        loss_sum, tokens = 0.0, 0
+        for m in range(accum):
+            micro = mine[m * config.micro_batch_rows : (m + 1) * config.micro_batch_rows]
+            batch = _batch_tensors(config, train_windows, micro, masker, step, device)
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            loss_sum += float(loss.detach())
+            tokens += int(batch["attention_mask"].sum())
+        loss_total, tokens_total = _all_reduce_sum([loss_sum / accum, tokens], device)
+        elapsed = time.perf_counter() - t0
+        step += 1
+        tokens_per_s = tokens_total / elapsed
+        total_tokens = sum(tokens_by_source.values())
+        metrics = {
+            "step": step,
+            "train/loss": loss_total / ctx.world_size,
+            "train/lr": lr,
+            "train/tokens_per_s": tokens_per_s,
+            "train/mfu": tokens_per_s * fpt / peak,
+            **{f"data/mix/{s}": n / total_tokens for s, n in tokens_by_source.items()},
+            **{f"data/repeats/{s}": n for s, n in plan.repeats().items()},
+        }
+        if masker is not None:
+            metrics["mask/strategy_global"] = float(masker.strategy(step - 1) == "global")
+        if trace is not None:
+            trace.write(step, metrics["train/loss"], mine)
+        is_last = step == config.max_steps
+        if step % config.eval_every == 0 or is_last:
+            metrics.update(evaluate(engine, config, ctx, val_windows, masker, step, device))
+            if masker is not None and masker.schedule is not None and "val/ppl" in metrics:
+                if hasattr(masker.schedule, "observe") and masker.schedule.observe(
+                    step, metrics["val/ppl"]
+                ):
+                    metrics["mask/switch_step"] = step
+        if step % config.checkpoint_every == 0 or is_last:
+            directory = _save_checkpoint(engine, ctx, config, step, plan, masker, is_last)
+            ctx.report(metrics, checkpoint_dir=directory)
+        else:
+            ctx.report(metrics)
+    return metrics
+
+
+def micro_rows_desc(config: TrainConfig, accum: int) -> str:
+    return f"{config.micro_batch_rows} rows x {accum} accumulation per worker"
+
+
+def _save_checkpoint(engine, ctx, config, step, plan, masker, final: bool) -> Path:
+    import torch.distributed as dist
+
+    directory = ctx.new_checkpoint_dir()
+    engine.save_checkpoint(str(directory), tag=STATE_TAG)
+    save_rng(directory, ctx.rank)
+    if ctx.is_rank0:
+        write_trainer_state(directory, {
+            "step": step,
+            "mix": plan.state.as_dict(),
+            "curriculum": masker.schedule.state_dict() if masker and masker.schedule else None,
+            "name": config.name,
+            "model": config.model,
+        })  # fmt: skip
+    if final:
+        export_model(engine, ctx, config, directory / "final_model")
+    if dist.is_initialized():
+        dist.barrier()
+    return directory
+
+
+def export_model(engine, ctx, config, directory: Path) -> None:
+    """Rank 0 writes the model in Hugging Face format (safetensors) with its tokenizer.
+
+    Under ZeRO-3 the parameters are gathered first (every rank takes part)."""
+    import deepspeed
+
+    model = engine.module
+    gather = (
+        deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+        if config.zero_stage == 3
+        else contextlib.nullcontext()
+    )
+    with gather:
+        if ctx.is_rank0:
+            model.save_pretrained(directory, safe_serialization=True)
+            if get_preset(config.model).family == "bsm":
+                from bsm_ray.tokenizers import BsmCharTokenizer
+
+                BsmCharTokenizer().save_pretrained(directory)
+            else:
+                from bsm_ray.tokenizers import KmerTokenizer
+
+                KmerTokenizer(6).save_pretrained(directory)
+
+
+class _Trace:
+    """Per-step JSON lines: loss and the (source, row) pairs this rank consumed."""
+
+    def __init__(self, ctx: TrainContext, config: TrainConfig) -> None:
+        run_dir = ctx.run_dir
+        if run_dir is None:
+            raise ValueError("trace: true needs a local storage_path")
+        self.path = run_dir / "trace" / f"rank{ctx.rank}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.pid = os.getpid()
+
+    def write(self, step: int, loss: float, rows: list[tuple[str, int]]) -> None:
+        line = {"pid": self.pid, "step": step, "loss": loss, "rows": [list(r) for r in rows]}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+            fh.flush()
