@@ -9,10 +9,18 @@ import pytest
 from bsm_ray.config import load_config
 from bsm_ray.data.pmi_build import PmiConfig
 from bsm_ray.data.prepare import PrepareConfig
+from bsm_ray.train.config import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 # File name prefix -> config class of the job that reads it.
-CLASSES = {"prepare": PrepareConfig, "pmi": PmiConfig}
+CLASSES = {
+    "prepare": PrepareConfig,
+    "pmi": PmiConfig,
+    "bsm": TrainConfig,
+    "dnabert6": TrainConfig,
+    "logo": TrainConfig,
+    "mlm": TrainConfig,
+}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
@@ -20,7 +28,8 @@ def test_shipped_config_loads(path):
     prefix = path.name.split("_")[0]
     assert prefix in CLASSES, f"{path.name}: no config class registered for prefix {prefix!r}"
     config = load_config(CLASSES[prefix], path)
-    assert config is not None
+    if isinstance(config, TrainConfig):  # batch sizes must split over the configured workers
+        config.batch_layout(config.num_workers or 1)
 
 
 def test_at_least_one_config_shipped():

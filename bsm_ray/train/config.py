@@ -32,7 +32,7 @@ class MaskingConfig:
     strategy: Literal["dnabert", "genemask", "global", "cm_step", "cm_gems"] = "dnabert"
     """dnabert random spans, genemask, global, or the curricula cm_step / cm_gems."""
     pmi_table: str | None = None
-    """NPMI table (jobs/build_pmi.py) for genemask / global / cm_*; built from the sample if None."""
+    """NPMI table (jobs/build_pmi.py) for genemask / global / cm_*; None: the sample's table."""
     switch_threshold: float = 1.0
     """cm_gems: switch to Global when the eval perplexity drop falls below this."""
 

@@ -41,6 +41,20 @@ def build_windows(config: TrainConfig, split: str) -> dict[str, TokenWindows]:
     return out
 
 
+def append_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """One JSON line per report in <run>/metrics.jsonl (every attempt appends)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(metrics) + "\n")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def dataset_name(split: str, source: str) -> str:
     """Name of a Ray Dataset handed to the trainer (no '/': Ray Data uses it in log paths)."""
     return f"{split}-{source}"
@@ -119,12 +133,12 @@ class LocalContext(TrainContext):
                 shutil.rmtree(final)
             os.replace(checkpoint_dir, final)  # a checkpoint appears whole or not at all
             record["checkpoint"] = str(final)
-            for old in sorted(self._ckpt_root.glob("checkpoint_*"))[: -self.config.keep_checkpoints]:
+            for old in sorted(self._ckpt_root.glob("checkpoint_*"))[
+                : -self.config.keep_checkpoints
+            ]:
                 shutil.rmtree(old, ignore_errors=True)
         self.reports.append(record)
-        self._run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self._run_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_metrics(self._run_dir, record)
 
     def new_checkpoint_dir(self) -> Path:
         self._run_dir.mkdir(parents=True, exist_ok=True)
@@ -154,6 +168,10 @@ class RayTrainContext(TrainContext):
         return ray.train.torch.get_device()
 
     def windows(self, split: str) -> dict[str, TokenWindows]:
+        import ray.data
+
+        # The windows are read once at start-up; per-dataset progress bars would only be noise.
+        ray.data.DataContext.get_current().enable_progress_bars = False
         out = {}
         for source in source_names(self.config):
             shard = self._ray_train.get_dataset_shard(dataset_name(split, source))
@@ -178,6 +196,8 @@ class RayTrainContext(TrainContext):
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         from ray.train import Checkpoint
 
+        if self.rank == 0 and self.run_dir is not None:  # a local log of every report
+            append_metrics(self.run_dir, metrics)
         if checkpoint_dir is None:
             self._ray_train.report(metrics)
         else:

@@ -255,6 +255,9 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
               flush=True)  # fmt: skip
     trace = _Trace(ctx, config) if config.trace else None
     metrics: dict[str, Any] = {}
+    if resumed_from is None:  # the starting point, so every run shows how far loss fell
+        initial = evaluate(engine, config, ctx, val_windows, masker, 0, device)
+        ctx.report({"step": 0, **initial})
     tokens_by_source = {s: 0 for s in weights}
     while step < config.max_steps:
         t0 = time.perf_counter()
