@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         base = config.name
         config.name = f"{base}-round{args.round}"
         if args.round > 1 and config.init_from is None:
-            config.init_from = str(final_model_of(config.storage_path, f"{base}-round{args.round - 1}"))
+            config.init_from = str(
+                final_model_of(config.storage_path, f"{base}-round{args.round - 1}")
+            )
         if args.print_config:
             from bsm_ray.config import dump_yaml
 
