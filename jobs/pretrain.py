@@ -1,7 +1,7 @@
 """Pretrain a BSM causal LM for one round (Ray Train + DeepSpeed).
 
-    python jobs/pretrain.py --round 1                         # paper preset (jobs/configs/bsm_round1.yaml)
-    python jobs/pretrain.py --round 2                         # starts from round 1's final model
+    python jobs/pretrain.py --round 1            # paper preset: jobs/configs/bsm_round1.yaml
+    python jobs/pretrain.py --round 2            # starts from round 1's final model
     python jobs/pretrain.py --round 1 --config jobs/configs/bsm_smoke.yaml   # a minute on CPU
     python jobs/pretrain.py --round 1 --set num_workers=0 --set max_steps=5
 

@@ -160,9 +160,9 @@ def test_killed_worker_resumes_exactly(dataset, tmp_path, ray_instance):
         for step in ref:  # same data, nothing consumed twice or skipped; same losses
             assert got[step]["rows"] == ref[step]["rows"], step
             assert got[step]["loss"] == pytest.approx(ref[step]["loss"], abs=1e-5), step
-    consumed = [tuple(r) for s in range(1, 17)
-                for rank in (0, 1)
-                for r in _last_per_step(tmp_path / "killed" / "trace" / f"rank{rank}.jsonl")[s]["rows"]]  # fmt: skip
+    final = {rank: _last_per_step(tmp_path / "killed" / "trace" / f"rank{rank}.jsonl")
+             for rank in (0, 1)}  # fmt: skip
+    consumed = [tuple(r) for s in range(1, 17) for rank in (0, 1) for r in final[rank][s]["rows"]]
     assert len(consumed) == 16 * 32
     assert np.isfinite(result.metrics["val/loss"])
 
