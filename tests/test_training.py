@@ -176,17 +176,17 @@ def test_local_process_resume_zero3(dataset, tmp_path, monkeypatch):
                      checkpoint_every=4, eval_every=100, trace=True)  # fmt: skip
     launch(replace(config, name="straight"))
 
-    original = context.LocalContext.report
+    original = context.LocalContext.log
 
-    def crash_at_step_6(self, metrics, checkpoint_dir=None):
-        original(self, metrics, checkpoint_dir)
+    def crash_at_step_6(self, metrics):
+        original(self, metrics)
         if metrics.get("step") == 6:
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(context.LocalContext, "report", crash_at_step_6)
+    monkeypatch.setattr(context.LocalContext, "log", crash_at_step_6)
     with pytest.raises(RuntimeError, match="simulated crash"):
         launch(replace(config, name="crashed"))
-    monkeypatch.setattr(context.LocalContext, "report", original)
+    monkeypatch.setattr(context.LocalContext, "log", original)
     launch(replace(config, name="crashed"))
     ref = _last_per_step(tmp_path / "straight" / "trace" / "rank0.jsonl")
     got = _last_per_step(tmp_path / "crashed" / "trace" / "rank0.jsonl")

@@ -85,7 +85,13 @@ class TrainContext:
         raise NotImplementedError
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        """Hand metrics (and a checkpoint) to the trainer; every rank calls it at the same step."""
         raise NotImplementedError
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Record a step's metrics without a trainer round trip (rank 0 writes metrics.jsonl)."""
+        if self.rank == 0 and self.run_dir is not None:
+            append_metrics(self.run_dir, metrics)
 
     @property
     def run_dir(self) -> Path | None:
@@ -196,12 +202,13 @@ class RayTrainContext(TrainContext):
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         from ray.train import Checkpoint
 
-        if self.rank == 0 and self.run_dir is not None:  # a local log of every report
-            append_metrics(self.run_dir, metrics)
+        self.log(metrics)
         if checkpoint_dir is None:
             self._ray_train.report(metrics)
         else:
             self._ray_train.report(metrics, checkpoint=Checkpoint.from_directory(checkpoint_dir))
+            # Ray copied it to the run's storage; the local copy would pile up in /tmp.
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     def new_checkpoint_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="bsm-ckpt-"))

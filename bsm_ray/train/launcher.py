@@ -60,6 +60,8 @@ def _ray_datasets(config: TrainConfig) -> dict[str, Any]:
     import ray.data
     from ray.data.extensions import ArrowTensorArray
 
+    # The windows are small, in-memory datasets read once per worker: no progress bars.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {}
     for split in ("train", "val"):
         for source, win in build_windows(config, split).items():
@@ -89,6 +91,9 @@ def launch(config: TrainConfig) -> TrainResult:
                           None)  # fmt: skip
         return TrainResult(metrics, checkpoint, run_dir)
 
+    # The Train controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
+    # default) and a worker's report waits for that poll; poll faster unless set by the user.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

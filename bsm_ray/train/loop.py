@@ -257,10 +257,12 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if resumed_from is None:  # the starting point, so every run shows how far loss fell
         initial = evaluate(engine, config, ctx, val_windows, masker, 0, device)
-        ctx.report({"step": 0, **initial})
+        ctx.log({"step": 0, **initial})
     tokens_by_source = {s: 0 for s in weights}
+    # Step time runs from the end of one step to the end of the next, so tokens/s includes
+    # everything between steps (batch building, evaluation, checkpoints, reporting).
+    t0 = time.perf_counter()
     while step < config.max_steps:
-        t0 = time.perf_counter()
         lr = lr_at(config.schedule, step, config.max_steps)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
@@ -278,7 +280,8 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
             loss_sum += float(loss.detach())
             tokens += int(batch["attention_mask"].sum())
         loss_total, tokens_total = _all_reduce_sum([loss_sum / accum, tokens], device)
-        elapsed = time.perf_counter() - t0
+        now = time.perf_counter()
+        elapsed, t0 = now - t0, now
         step += 1
         tokens_per_s = tokens_total / elapsed
         total_tokens = sum(tokens_by_source.values())
@@ -303,11 +306,16 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
                     step, metrics["val/ppl"]
                 ):
                     metrics["mask/switch_step"] = step
+        # Every step is logged (rank 0, locally); Ray Train gets a report only with evaluations
+        # and checkpoints: each report waits for the Train controller's next poll, so a report
+        # per step would cap the step rate. The rule is the same on every rank.
         if step % config.checkpoint_every == 0 or is_last:
             directory = _save_checkpoint(engine, ctx, config, step, plan, masker, is_last)
             ctx.report(metrics, checkpoint_dir=directory)
-        else:
+        elif step % config.eval_every == 0:
             ctx.report(metrics)
+        else:
+            ctx.log(metrics)
     return metrics
 
 
