@@ -32,6 +32,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest_throughput.py
 	$(PY) bench/masking_throughput.py
+	$(PY) bench/train_throughput.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check bsm_ray jobs tests bench
