@@ -152,8 +152,10 @@ def test_killed_worker_resumes_exactly(dataset, tmp_path, ray_instance):
         lines = [json.loads(x) for x in path.read_text().splitlines()]
         pids = [x["pid"] for x in lines]
         assert len(set(pids)) == 2  # a second attempt ran
+        first = [x["step"] for x in lines if x["pid"] == pids[0]]
         second = [x["step"] for x in lines if x["pid"] == pids[-1]]
-        assert second[0] == 5 and second[-1] == 16  # resumed right after the step-4 checkpoint
+        # resumed right after the last checkpoint (every 4 steps) the first attempt completed
+        assert second[0] in (5, 9) and second[0] <= max(first) + 1 and second[-1] == 16
         ref = _last_per_step(tmp_path / "uninterrupted" / "trace" / f"rank{rank}.jsonl")
         got = _last_per_step(path)
         assert sorted(got) == sorted(ref) == list(range(1, 17))
