@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/ingest_throughput.py
 	$(PY) bench/masking_throughput.py
 	$(PY) bench/train_throughput.py
+	$(PY) bench/pipeline_throughput.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check bsm_ray jobs tests bench
