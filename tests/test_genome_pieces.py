@@ -121,3 +121,16 @@ def test_synthetic_genome_streams_with_nuisances(tmp_path):
     assert stats["genome/n_removed"] > 0
     assert all(set(row["seq"]) <= set("ACGT") for _s, row in out)
     assert Counter(row["chrom"] for _s, row in out).keys() == {"chr1", "chr2"}
+
+
+def test_random_cds_translates_with_the_codon_table():
+    from Bio.Seq import Seq
+
+    from bsm_ray.data.samples import random_cds
+
+    rng = np.random.default_rng(0)
+    for table in (1, 11):
+        dna, protein = random_cds(rng, 50, table=table)
+        assert len(dna) == 3 * 52 and dna.startswith("ATG")
+        assert protein == str(Seq(dna).translate(table=table, cds=True))
+        assert len(protein) == 51 and "*" not in protein

@@ -132,14 +132,27 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
 
         config, synthetic_paths = sample_prepare_inputs(config)
 
-    named = (
-        [(s.path, f"single_{s.modality}") for s in config.single]
-        + [(p, "refseq_pair") for p in config.refseq.genbank]
-        + [(p, "gene_pair") for p in [config.gene_pairs.tsv, *config.gene_pairs.fasta] if p]
-        + [(p, "web") for p in config.web.documents]
-        + [(p, GENOME_KIND) for p in config.genome.fasta]
+    ctx = BuildContext(
+        ledger=Ledger(on_invalid=config.on_invalid),
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        progress=config.progress,
     )
-    inputs = [_input_entry(path, kind, path in synthetic_paths) for path, kind in named]
+    # (kind, input files, rows generator) in input order; generators are lazy, so nothing is
+    # read before every input has been checked and hashed below.
+    tasks = (
+        [(f"single_{s.modality}", [s.path], build_single(s, ctx, config.max_doc_letters))
+         for s in config.single]
+        + [("refseq_pair", [p], build_refseq_pairs(config.refseq, p, ctx))
+           for p in config.refseq.genbank]
+        + ([("gene_pair", [config.gene_pairs.tsv, *config.gene_pairs.fasta],
+             build_gene_pairs(config.gene_pairs, ctx))] if config.gene_pairs.tsv else [])
+        + [("web", [p], build_web(config.web, p, ctx)) for p in config.web.documents]
+        + [(GENOME_KIND, [p], build_genome_pieces(config.genome, p, ctx))
+           for p in config.genome.fasta]
+    )  # fmt: skip
+    inputs = [_input_entry(path, kind, path in synthetic_paths)
+              for kind, paths, _rows in tasks for path in paths]  # fmt: skip
 
     final = Path(config.output_dir)
     if final.exists() and not config.overwrite:
@@ -149,39 +162,21 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
 
-    ctx = BuildContext(
-        ledger=Ledger(on_invalid=config.on_invalid),
-        seed=config.seed,
-        val_fraction=config.val_fraction,
-        progress=config.progress,
-    )
     writers = {
         (kind, split): ShardWriter(staging, kind, split, rows_per_shard=config.rows_per_shard)
         for kind in (*DOC_KINDS, GENOME_KIND)
         for split in SPLITS
     }
-    # (kind, input named in the progress bar, files it covers, rows generator) in input order.
-    tasks = (
-        [(f"single_{s.modality}", s.path, 1, build_single(s, ctx, config.max_doc_letters))
-         for s in config.single]
-        + [("refseq_pair", p, 1, build_refseq_pairs(config.refseq, p, ctx))
-           for p in config.refseq.genbank]
-        + ([("gene_pair", config.gene_pairs.tsv, 1 + len(config.gene_pairs.fasta),
-             build_gene_pairs(config.gene_pairs, ctx))] if config.gene_pairs.tsv else [])
-        + [("web", p, 1, build_web(config.web, p, ctx)) for p in config.web.documents]
-        + [(GENOME_KIND, p, 1, build_genome_pieces(config.genome, p, ctx))
-           for p in config.genome.fasta]
-    )  # fmt: skip
     bar = tqdm(
         total=len(inputs), desc="prepare", unit="file", disable=not config.progress,
         file=sys.stderr, dynamic_ncols=True,
     )  # fmt: skip
     try:
-        for kind, path, num_files, rows in tasks:
-            bar.set_postfix_str(Path(path).name)
+        for kind, paths, rows in tasks:
+            bar.set_postfix_str(Path(paths[0]).name)
             for split, row in _guard(kind, ctx.ledger, rows):
                 writers[(kind, split)].add(row)
-            bar.update(num_files)
+            bar.update(len(paths))
         for w in writers.values():
             w.close()
         bar.close()
