@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bsm_ray.tracking.config import TrackingConfig
 from bsm_ray.train.schedules import ScheduleConfig
 
 
@@ -88,6 +89,8 @@ class TrainConfig:
     final_model/) instead of a fresh initialisation."""
     peak_flops: float | None = None
     """Device peak FLOP/s for MFU; measured with a matmul at start-up when None."""
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(enabled=False))
+    """MLflow logging from rank 0 (off unless enabled; sweeps turn it on per trial)."""
     trace: bool = False
     """Write per-step (loss, rows consumed) and worker pids under <run>/trace/ (tests, audits)."""
 

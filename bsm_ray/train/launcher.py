@@ -76,14 +76,23 @@ def _ray_datasets(config: TrainConfig) -> dict[str, Any]:
     return datasets
 
 
-def launch(config: TrainConfig) -> TrainResult:
-    """Run the training described by `config`; return its final metrics and checkpoint."""
+def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
+    """Run the training described by `config`; return its final metrics and checkpoint.
+
+    `callbacks` are Ray Train callbacks (e.g. Tune's `TuneReportCallback` in a sweep trial)."""
     ensure_dataset(config)
     storage = config.storage_path
     if is_local_path(storage):
         storage = str(Path(storage.removeprefix("file://")).resolve())
         config = from_dict(TrainConfig, {**to_dict(config), "storage_path": storage})
     run_dir = f"{storage}/{config.name}"
+    if config.tracking.enabled and not config.tracking.run_id:
+        from bsm_ray.tracking.runs import create_run
+
+        run_id = create_run(config.tracking, config.name, params=to_dict(config),
+                            tags={"bsm_ray.run_dir": run_dir, "bsm_ray.model": config.model})
+        config = from_dict(TrainConfig, {**to_dict(config),
+                                         "tracking": {**to_dict(config.tracking), "run_id": run_id}})
     if config.num_workers == 0:
         ctx = LocalContext(config)
         metrics = train_loop(config, ctx)
@@ -115,6 +124,7 @@ def launch(config: TrainConfig) -> TrainResult:
             name=config.name, storage_path=storage,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+            callbacks=callbacks,
         ),
         datasets=_ray_datasets(config),
         dataset_config=DataConfig(datasets_to_split=[]),

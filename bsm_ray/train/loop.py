@@ -254,10 +254,13 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
               + (f"; resumed at step {resumed_from}" if resumed_from is not None else ""),
               flush=True)  # fmt: skip
     trace = _Trace(ctx, config) if config.trace else None
+    tracker = _tracker(config, ctx)
     metrics: dict[str, Any] = {}
     if resumed_from is None:  # the starting point, so every run shows how far loss fell
         initial = evaluate(engine, config, ctx, val_windows, masker, 0, device)
         ctx.log({"step": 0, **initial})
+        if tracker is not None:
+            tracker.log(initial, 0, flush=True)
     tokens_by_source = {s: 0 for s in weights}
     # Step time runs from the end of one step to the end of the next, so tokens/s includes
     # everything between steps (batch building, evaluation, checkpoints, reporting).
@@ -309,6 +312,9 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
         # Every step is logged (rank 0, locally); Ray Train gets a report only with evaluations
         # and checkpoints: each report waits for the Train controller's next poll, so a report
         # per step would cap the step rate. The rule is the same on every rank.
+        reporting = step % config.checkpoint_every == 0 or step % config.eval_every == 0
+        if tracker is not None:  # before the report: a sweep may stop the trial at a report
+            tracker.log(metrics, step, flush=reporting or is_last)
         if step % config.checkpoint_every == 0 or is_last:
             directory = _save_checkpoint(engine, ctx, config, step, plan, masker, is_last)
             ctx.report(metrics, checkpoint_dir=directory)
@@ -317,6 +323,15 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
         else:
             ctx.log(metrics)
     return metrics
+
+
+def _tracker(config: TrainConfig, ctx: TrainContext):
+    """Rank 0's MLflow logger into the run named by `tracking.run_id` (created by the caller)."""
+    if not (ctx.is_rank0 and config.tracking.enabled and config.tracking.run_id):
+        return None
+    from bsm_ray.tracking.runs import RunLogger
+
+    return RunLogger(config.tracking, config.tracking.run_id)
 
 
 def micro_rows_desc(config: TrainConfig, accum: int) -> str:

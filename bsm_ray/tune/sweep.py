@@ -1,0 +1,577 @@
+"""The annealing sweep on Ray Tune (Ray Train V2 pattern).
+
+    run_sweep(config) -> SweepOutcome
+
+1. The base weights: a given model folder / checkpoint / registry URI, or a short base run.
+2. One Tune trial per candidate mix (threshold): a function trainable that launches a
+   `TorchTrainer` (`bsm_ray.train.launcher.launch`) with a `TuneReportCallback` subclass adding
+   the objective to every report. Trials take no CPU themselves; concurrency is capped so that
+   every running trial's workers fit the cluster, so a trial never waits on workers that cannot
+   be placed.
+3. The search: fixed points first (the paper's candidates and their neighbours), then Optuna
+   (TPE) or random points; ASHA stops weak trials at eval steps after a grace period.
+4. Results: a ranked table, the winner as a next-round YAML, a plot of the objective against
+   the mix, one MLflow child run per trial under a parent run (params, metrics over steps).
+
+A trial writes `trials/<id>/trial.json` (its exact TrainConfig and MLflow run) before training.
+A trial that Tune starts again (after `--resume`) and whose run already holds its final model
+re-reports its final metrics instead of training; an interrupted trial's TorchTrainer resumes
+from its last checkpoint (same run name and storage), so no finished work is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bsm_ray.config import dump_yaml, from_dict, load_config, to_dict
+from bsm_ray.errors import BsmRayError, ConfigError
+from bsm_ray.fileio import atomic_write_text
+from bsm_ray.train.config import TrainConfig
+from bsm_ray.train.context import read_metrics
+from bsm_ray.tune.config import AnnealConfig
+from bsm_ray.tune.space import (
+    THRESHOLD_KEY,
+    SweepSummary,
+    TrialRow,
+    fixed_points,
+    format_table,
+    mix_of,
+    objective_of,
+    objective_weights,
+    param_key,
+    ranked,
+    summarize,
+    swept_sources,
+)
+
+TUNE_DIR = "tune"
+TRIAL_DRIVER_MEMORY = 512 * 1024**2
+
+
+@dataclass
+class SweepOutcome:
+    summary: SweepSummary
+    sweep_dir: Path
+    best_yaml: Path
+    plot: Path
+    parent_run_id: str | None
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def _abs(path: str) -> str:
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def _tune_threshold(config: AnnealConfig) -> bool:
+    return config.train.masking.strategy == "cm_gems" and config.search.switch_threshold is not None
+
+
+def _val_sources(config: AnnealConfig) -> set[str]:
+    from bsm_ray.data.shards import read_manifest
+
+    totals = read_manifest(config.train.data.dataset)["totals"]
+    return {kind for kind, splits in totals.items() if splits.get("val", {}).get("rows", 0) > 0}
+
+
+def _connect_ray(worker_logs: bool) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs = {} if address else {"num_cpus": max(4, (os.cpu_count() or 2) * 2)}
+    ray.init(address=address, log_to_driver=worker_logs, **kwargs)
+
+
+def trial_concurrency(config: AnnealConfig, resources: dict[str, float]) -> int:
+    """Trials that can run at once with all their workers placed (at least 1)."""
+    if config.max_concurrent > 0:
+        return config.max_concurrent
+    train = config.train
+    workers = max(1, train.num_workers)
+    n = int(resources.get("CPU", 0) // (workers * train.cpus_per_worker))
+    if train.use_gpu:
+        n = min(n, int(resources.get("GPU", 0) // workers))
+    if n < 1:
+        # An autoscaling cluster may add the nodes; say so rather than wait silently.
+        print(f"[bsm_ray] the cluster has {resources.get('CPU', 0):g} CPUs / "
+              f"{resources.get('GPU', 0):g} GPUs now; one trial needs {workers} workers x "
+              f"{train.cpus_per_worker} CPUs{' + 1 GPU' if train.use_gpu else ''}: running one "
+              f"trial at a time and waiting for the autoscaler", flush=True)  # fmt: skip
+        n = 1
+    return min(n, config.search.num_samples)
+
+
+def resolve_base(config: AnnealConfig, sweep_dir: Path) -> Path:
+    """The Hugging Face model folder every trial starts from."""
+    path = config.base.path
+    if path is None:
+        return _train_base(config, sweep_dir)
+    if path.startswith("models:/"):
+        from bsm_ray.tracking.runs import download_model
+
+        path = str(download_model(config.tracking, path, sweep_dir / "base_download"))
+    p = Path(path).expanduser().resolve()
+    for candidate in (p, p / "final_model"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    found = sorted(p.glob("checkpoint*/final_model")) + sorted(p.glob("checkpoints/*/final_model"))
+    if found:
+        return found[-1]
+    raise ConfigError(f"base.path {path}: no model there (expected a Hugging Face model folder "
+                      f"with config.json, a checkpoint with final_model/, or a run folder)")  # fmt: skip
+
+
+def _train_base(config: AnnealConfig, sweep_dir: Path) -> Path:
+    from bsm_ray.train.launcher import launch
+
+    done = sorted((sweep_dir / "base").glob("checkpoints/checkpoint_*/final_model"))
+    done += sorted((sweep_dir / "base").glob("checkpoint_*/final_model"))
+    if done:
+        print(f"[bsm_ray] base model: {done[-1]} (reused)", flush=True)
+        return done[-1]
+    data = to_dict(config.train)
+    data.update(
+        name="base", storage_path=str(sweep_dir), max_steps=config.base.steps,
+        num_workers=config.base.num_workers, init_from=None,
+        eval_every=config.base.steps, checkpoint_every=config.base.steps, keep_checkpoints=1,
+        schedule={"kind": "round", "start_lr": config.base.start_lr,
+                  "end_lr": config.base.end_lr, "warmup_steps": 0},
+        tracking={**data["tracking"], "enabled": False, "run_id": None},
+    )  # fmt: skip
+    data["data"]["mix"] = dict(config.base.mix)
+    base = from_dict(TrainConfig, data)
+    t0 = time.perf_counter()
+    print(f"[bsm_ray] training the base model: {base.model}, {base.max_steps} steps on "
+          f"{dict(base.data.mix)}", flush=True)  # fmt: skip
+    result = launch(base)
+    if result.final_model is None:
+        raise BsmRayError("the base run ended without a final model")
+    print(f"[bsm_ray] base model: {result.final_model} ({time.perf_counter() - t0:.0f} s, "
+          f"val/loss {result.metrics.get('val/loss', float('nan')):.4f})", flush=True)
+    return Path(result.final_model)
+
+
+def trial_train_config(spec: dict[str, Any], params: dict[str, Any], trial_id: str,
+                       run_id: str | None) -> TrainConfig:
+    """The exact TrainConfig of one trial: the recipe + mix + anneal schedule + base weights."""
+    data = json.loads(json.dumps(spec["train"]))  # a deep copy
+    sources = spec["sources"]
+    if len(sources) > 1:
+        data["data"]["mix"] = mix_of(params, sources)
+    if THRESHOLD_KEY in params:
+        data["masking"]["switch_threshold"] = float(params[THRESHOLD_KEY])
+    data.update(
+        name=trial_id, storage_path=str(Path(spec["sweep_dir"]) / "trials"),
+        max_steps=spec["steps"], init_from=spec["base"],
+        eval_every=spec["eval_every"], checkpoint_every=spec["eval_every"],
+        schedule={"kind": "anneal", "start_lr": spec["start_lr"], "end_lr": 0.0,
+                  "warmup_steps": 0},
+        tracking={**spec["tracking"], "run_id": run_id, "enabled": run_id is not None},
+    )  # fmt: skip
+    return from_dict(TrainConfig, data)
+
+
+# ----------------------------------------------------------------------------- the trial
+
+
+def _objective_callback(weights: dict[str, float]):
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ObjectiveReportCallback(TuneReportCallback):
+        """Forward rank 0's report to Tune with the weighted validation loss added."""
+
+        def __init__(self, weights: dict[str, float]) -> None:
+            super().__init__()
+            self.weights = weights
+
+        def after_report(self, run_context, metrics, checkpoint):
+            with_objective = []
+            for m in metrics:
+                m = dict(m)
+                value = objective_of(m, self.weights)
+                if value is not None:
+                    m["objective"] = value
+                with_objective.append(m)
+            super().after_report(run_context, with_objective, checkpoint)
+
+    return ObjectiveReportCallback(weights)
+
+
+def run_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Tune function trainable: one annealing trial (launches its own TorchTrainer)."""
+    from ray import tune
+
+    from bsm_ray.train.launcher import launch
+
+    trial_id = tune.get_context().get_trial_id()
+    trial_dir = Path(spec["sweep_dir"]) / "trials" / trial_id
+    final = finished_metrics(trial_dir, spec["steps"])
+    if final is not None:  # finished before an interruption: never train it again
+        value = objective_of(final, spec["objective"])
+        tune.report({**final, **({"objective": value} if value is not None else {})})
+        return
+    info_path = trial_dir / "trial.json"
+    if info_path.is_file():  # restarted: same config, same MLflow run, resume its checkpoint
+        info = json.loads(info_path.read_text())
+    else:
+        run_id = None
+        if spec["tracking"]["enabled"]:
+            from bsm_ray.tracking.config import TrackingConfig
+            from bsm_ray.tracking.runs import create_run
+
+            probe = trial_train_config(spec, params, trial_id, None)
+            run_id = create_run(
+                from_dict(TrackingConfig, spec["tracking"]), f"trial-{trial_id}",
+                parent_run_id=spec["parent_run_id"], params=to_dict(probe),
+                tags={"bsm_ray.trial_id": trial_id,
+                      "bsm_ray.mix": json.dumps(probe.data.mix, sort_keys=True)},
+            )  # fmt: skip
+        config = trial_train_config(spec, params, trial_id, run_id)
+        info = {"trial_id": trial_id, "params": params, "run_id": run_id, "train": to_dict(config)}
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(info_path, json.dumps(info, indent=2))
+    # Tune may end this function as soon as the last report arrives (ASHA at max_t), so
+    # nothing must depend on code after launch(): "finished" is the run's final model.
+    launch(from_dict(TrainConfig, info["train"]),
+           callbacks=[_objective_callback(spec["objective"])])
+
+
+def finished_metrics(trial_dir: Path, steps: int) -> dict[str, Any] | None:
+    """The final metrics of a trial whose training run finished (its final model exists)."""
+    if not any(trial_dir.glob("checkpoint_*/final_model/config.json")):
+        return None
+    last = [m for m in read_metrics(trial_dir) if int(m.get("step", -1)) == steps]
+    return last[-1] if last else None
+
+
+def _continue_trial(info: dict[str, Any], weights: dict[str, float]) -> dict[str, Any]:
+    """Grid check: train a stopped trial on to its last step (resuming its checkpoint)."""
+    from bsm_ray.train.launcher import launch
+
+    config = from_dict(TrainConfig, info["train"])
+    result = launch(config)
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    metrics["objective"] = objective_of(metrics, weights)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def _tuner(config: AnnealConfig, spec: dict[str, Any], sweep_dir: Path, resume: bool):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    # A trial driver only waits on its TorchTrainer: it reserves memory, not the CPUs its
+    # workers need (a bundle must reserve something; Ray rejects an all-zero one).
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
+                                    {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
+    tune_path = sweep_dir / TUNE_DIR
+    if resume and tune.Tuner.can_restore(str(tune_path)):
+        print(f"[bsm_ray] resuming sweep {tune_path}", flush=True)
+        return tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)  # fmt: skip
+    sources = spec["sources"]
+    lo, hi = config.search.weight_range
+    space: dict[str, Any] = {}
+    if len(sources) > 1:
+        space.update({param_key(s): tune.loguniform(lo, hi) if lo < hi else lo for s in sources})
+    if _tune_threshold(config):
+        space[THRESHOLD_KEY] = tune.loguniform(*config.search.switch_threshold)
+    if not space:
+        raise ConfigError("nothing to tune: give two or more sources (search.candidates or "
+                          "train.data.mix) or, for cm_gems, search.switch_threshold")
+    points = fixed_points(config, _tune_threshold(config))
+    if config.search.searcher == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        search = OptunaSearch(points_to_evaluate=points or None,
+                              sampler=optuna.samplers.TPESampler(seed=config.train.seed))
+    else:
+        from ray.tune.search import BasicVariantGenerator
+
+        search = BasicVariantGenerator(points_to_evaluate=points or None,
+                                       random_state=config.train.seed)  # fmt: skip
+    if config.asha.enabled:
+        scheduler = ASHAScheduler(time_attr="step", max_t=config.steps,
+                                  grace_period=config.asha.grace_period,
+                                  reduction_factor=config.asha.reduction_factor)  # fmt: skip
+    else:
+        scheduler = FIFOScheduler()
+    concurrency = trial_concurrency(config, ray.cluster_resources())
+    print(f"[bsm_ray] sweep {config.name}: {config.search.num_samples} trials ({len(points)} "
+          f"fixed, the rest by {config.search.searcher}), {config.steps} steps each, "
+          f"{concurrency} at a time, ASHA {'on' if config.asha.enabled else 'off'}",
+          flush=True)  # fmt: skip
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(metric="objective", mode="min", search_alg=search,
+                                    scheduler=scheduler, num_samples=config.search.num_samples,
+                                    max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir),
+                                  failure_config=tune.FailureConfig(max_failures=2)),
+    )  # fmt: skip
+
+
+def _rows(sweep_dir: Path, spec: dict[str, Any], result_grid) -> tuple[list[TrialRow], list[str]]:
+    rows, errors = [], []
+    for result in result_grid:
+        if result.error is not None:
+            errors.append(f"trial {result.path}: {type(result.error).__name__}: {result.error}")
+            continue
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        info_path = sweep_dir / "trials" / trial_id / "trial.json"
+        if not info_path.is_file():
+            errors.append(f"trial {trial_id}: no trial.json (it never started training)")
+            continue
+        info = json.loads(info_path.read_text())
+        train = info["train"]
+        trained = [int(m["step"]) for m in read_metrics(sweep_dir / "trials" / trial_id)]
+        steps_asha = max(trained, default=0)
+        reported_step = int(metrics.get("step", 0))
+        objective = metrics.get("objective")
+        full = objective if reported_step >= spec["steps"] else None
+        rows.append(TrialRow(
+            trial_id=trial_id, mix=train["data"]["mix"],
+            threshold=info["params"].get(THRESHOLD_KEY),
+            steps_asha=max(steps_asha, reported_step), objective_asha=objective,
+            objective_full=full,
+            losses={k.removeprefix("val/loss/"): v for k, v in metrics.items()
+                    if isinstance(k, str) and k.startswith("val/loss/")},
+            run_id=info["run_id"],
+        ))  # fmt: skip
+    return rows, errors
+
+
+def _grid_check(config: AnnealConfig, sweep_dir: Path, rows: list[TrialRow], weights, limit: int):
+    import ray
+
+    stopped = [r for r in rows if r.objective_full is None]
+    if not stopped:
+        return
+    print(f"[bsm_ray] grid check: training the {len(stopped)} trial(s) ASHA stopped on to step "
+          f"{config.steps}", flush=True)  # fmt: skip
+    task = ray.remote(num_cpus=0)(_continue_trial)
+    pending: dict[Any, TrialRow] = {}
+    queue = list(stopped)
+    while queue or pending:
+        while queue and len(pending) < limit:
+            row = queue.pop(0)
+            info = json.loads((sweep_dir / "trials" / row.trial_id / "trial.json").read_text())
+            pending[task.remote(info, weights)] = row
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            row = pending.pop(ref)
+            row.objective_full = ray.get(ref)["objective"]
+            if row.run_id and config.tracking.enabled:
+                from bsm_ray.tracking.runs import set_run_tags
+
+                set_run_tags(config.tracking, row.run_id,
+                             {"bsm_ray.asha_stopped_at_step": str(row.steps_asha),
+                              "bsm_ray.grid_check": "continued to the last step"})  # fmt: skip
+
+
+def _plot(summary: SweepSummary, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources = list(summary.rows[0].mix)
+    fig, axes = plt.subplots(1, len(sources), figsize=(4 * len(sources), 3.4), sharey=True,
+                             squeeze=False)  # fmt: skip
+    for ax, source in zip(axes[0], sources, strict=True):
+        for r in summary.rows:
+            full = r.objective_full if r.objective_full is not None else None
+            x = r.mix[source]
+            if full is not None:
+                ax.scatter(x, full, color="tab:blue", zorder=3)
+            if r.objective_full is None or r.steps_asha < summary.steps:
+                if r.objective_asha is not None:
+                    ax.scatter(x, r.objective_asha, facecolors="none", edgecolors="tab:gray",
+                               zorder=2)  # fmt: skip
+        w = summary.winner
+        ax.scatter(w.mix[source], w.objective_asha, marker="*", s=180, color="tab:red", zorder=4)
+        ax.set_xlabel(f"token fraction of {source}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"objective (val loss) at step {summary.steps}")
+    fig.suptitle("annealing trials: filled = all steps, hollow = stopped by ASHA "
+                 "(last value), star = winner", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_winner(config: AnnealConfig, summary: SweepSummary, path: Path) -> None:
+    if config.next_round:
+        nxt = load_config(TrainConfig, config.next_round, [])
+    else:
+        nxt = from_dict(TrainConfig, to_dict(config.train))
+    w = summary.winner
+    base = json.loads((Path(config.storage_path) / config.name / "sweep.json").read_text())["base"]
+    nxt.data.mix = {s: round(v, 6) for s, v in w.mix.items()}
+    if nxt.init_from is None:  # the next round continues from the weights the trials annealed
+        nxt.init_from = base
+    if w.threshold is not None:
+        nxt.masking.switch_threshold = float(w.threshold)
+    header = (f"# Winner of annealing sweep '{config.name}': trial {w.trial_id}, objective "
+              f"{w.objective_asha:.5f} at step {summary.steps}.\n"
+              f"# Mix (token fractions): {json.dumps(nxt.data.mix)}\n"
+              f"# Use: python jobs/pretrain.py --round N --config {path}\n")  # fmt: skip
+    atomic_write_text(path, header + dump_yaml(nxt))
+
+
+def sweep_spec(config: AnnealConfig, sweep_dir: Path, base: Path, weights, parent_run_id):
+    train = to_dict(config.train)
+    return {
+        "sweep_dir": str(sweep_dir), "train": train, "sources": swept_sources(config),
+        "steps": config.steps, "eval_every": config.eval_every, "base": str(base),
+        "start_lr": config.start_lr if config.start_lr is not None
+        else config.train.schedule.start_lr,
+        "objective": weights, "tracking": to_dict(config.tracking),
+        "parent_run_id": parent_run_id,
+    }  # fmt: skip
+
+
+def run_sweep(config: AnnealConfig, resume: bool = False, overwrite: bool = False) -> SweepOutcome:
+    from bsm_ray.train.launcher import ensure_dataset
+
+    config = from_dict(AnnealConfig, to_dict(config))
+    config.storage_path = _abs(config.storage_path)
+    ensure_dataset(config.train)
+    config.train.data.dataset = _abs(config.train.data.dataset)
+    if config.tracking.enabled:
+        from bsm_ray.tracking.config import resolve_tracking_uri
+
+        config.tracking.uri = resolve_tracking_uri(config.tracking.uri)
+    sweep_dir = Path(config.storage_path) / config.name
+    state_path = sweep_dir / "sweep.json"
+    if state_path.is_file() and not resume:
+        if not overwrite:
+            raise ConfigError(
+                f"sweep '{config.name}' exists at {sweep_dir}: --resume continues it, "
+                f"--overwrite starts it again, --set name=<new> starts another"
+            )
+        for sub in (TUNE_DIR, "trials"):
+            shutil.rmtree(sweep_dir / sub, ignore_errors=True)
+        state_path.unlink()
+    if resume and not state_path.is_file():
+        raise ConfigError(f"--resume: no sweep '{config.name}' at {sweep_dir} to resume")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    weights = objective_weights(config, _val_sources(config))
+    sources = swept_sources(config)
+    unknown = sorted(set(sources) - _train_sources(config))
+    if unknown:
+        raise ConfigError(f"mix source(s) {unknown} have no training rows in "
+                          f"{config.train.data.dataset}")  # fmt: skip
+    _connect_ray(config.worker_logs)
+    if resume:
+        state = json.loads(state_path.read_text())
+        base, parent_run_id = Path(state["base"]), state["parent_run_id"]
+    else:
+        base = resolve_base(config, sweep_dir)
+        parent_run_id = None
+        if config.tracking.enabled:
+            from bsm_ray.tracking.runs import create_run
+
+            parent_run_id = create_run(config.tracking, config.name, params=to_dict(config),
+                                       tags={"bsm_ray.sweep_dir": str(sweep_dir),
+                                             "bsm_ray.base": str(base)})  # fmt: skip
+        atomic_write_text(state_path, json.dumps({"base": str(base),
+                                                  "parent_run_id": parent_run_id,
+                                                  "config": to_dict(config)}, indent=2))
+    spec = sweep_spec(config, sweep_dir, base, weights, parent_run_id)
+    try:
+        return _sweep(config, spec, sweep_dir, resume, weights, parent_run_id)
+    except BaseException:
+        if parent_run_id:
+            from bsm_ray.tracking.runs import end_run
+
+            end_run(config.tracking, parent_run_id, "FAILED")
+        raise
+
+
+def _sweep(config, spec, sweep_dir, resume, weights, parent_run_id) -> SweepOutcome:
+    tuner = _tuner(config, spec, sweep_dir, resume)
+    t0 = time.perf_counter()
+    result_grid = tuner.fit()
+    rows, errors = _rows(sweep_dir, spec, result_grid)
+    for e in errors:
+        print(f"[bsm_ray] error: {e}", flush=True)
+    if not rows:
+        raise BsmRayError(f"every trial failed ({len(errors)}); see above")
+    if config.grid_check:
+        import ray
+
+        _grid_check(config, sweep_dir, rows, weights, trial_concurrency(
+            config, ray.cluster_resources()))
+    summary = summarize(rows, config.steps)
+    elapsed = time.perf_counter() - t0
+    return _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed)
+
+
+def _train_sources(config: AnnealConfig) -> set[str]:
+    from bsm_ray.data.shards import read_manifest
+
+    totals = read_manifest(config.train.data.dataset)["totals"]
+    return {k for k, s in totals.items() if s.get("train", {}).get("rows", 0) > 0}
+
+
+def _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed) -> SweepOutcome:
+    table = format_table(summary)
+    best_yaml = sweep_dir / "best_mix.yaml"
+    plot = sweep_dir / "objective_vs_mix.png"
+    _write_winner(config, summary, best_yaml)
+    _plot(summary, plot)
+    saved = 1 - summary.asha_steps / summary.grid_steps
+    lines = [table, "",
+             f"ASHA trained {summary.asha_steps} steps; the full grid is "
+             f"{len(summary.rows)} trials x {summary.steps} steps = {summary.grid_steps} "
+             f"({saved:.0%} saved)."]  # fmt: skip
+    if summary.grid_winner is not None:
+        lines.append(f"Full-grid winner: trial {summary.grid_winner.trial_id} "
+                     f"(objective {summary.grid_winner.objective_full:.4f}); "
+                     f"{'the same as' if summary.same_winner else 'NOT the same as'} "
+                     f"ASHA's winner.")  # fmt: skip
+    report = "\n".join(lines)
+    record = {
+        "name": config.name, "steps": summary.steps, "elapsed_s": elapsed,
+        "winner": summary.winner.as_dict(),
+        "grid_winner": summary.grid_winner.as_dict() if summary.grid_winner else None,
+        "same_winner": summary.same_winner, "asha_steps": summary.asha_steps,
+        "grid_steps": summary.grid_steps, "errors": errors,
+        "trials": [r.as_dict() for r in ranked(summary.rows, summary.steps)],
+    }  # fmt: skip
+    atomic_write_text(sweep_dir / "summary.json", json.dumps(record, indent=2))
+    atomic_write_text(sweep_dir / "summary.txt", report + "\n")
+    if parent_run_id:
+        from bsm_ray.tracking.runs import end_run, finish_parent, set_run_tags
+
+        for r in summary.rows:
+            if r.run_id is None:
+                continue
+            if r.steps_asha < summary.steps:
+                set_run_tags(config.tracking, r.run_id,
+                             {"bsm_ray.asha_stopped_at_step": str(r.steps_asha)})
+            end_run(config.tracking, r.run_id,
+                    "FINISHED" if r.objective_full is not None else "KILLED")
+
+        finish_parent(config.tracking, parent_run_id, record,
+                      [sweep_dir / "summary.json", sweep_dir / "summary.txt", best_yaml, plot])
+    print(report, flush=True)
+    return SweepOutcome(summary, sweep_dir, best_yaml, plot, parent_run_id)
