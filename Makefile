@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine (README "Quick start"):
-#   make sample   -> creates .venv, installs, runs the main job on the embedded sample data
+#   make sample   -> creates .venv, installs, runs the main job (jobs/anneal_mix.py) on the
+#                    embedded sample data (prepared on first use)
 #   make test     -> creates .venv, installs, runs the test suite
 # The torch wheel is installed first and pinned, so resolving the rest never replaces it:
 # on a CPU-only machine of this project's kind `torch==2.13.0` is the local CPU build.
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 sample: $(STAMP)
-	$(PY) jobs/prepare_data.py
+	$(PY) jobs/anneal_mix.py --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -35,3 +35,8 @@ def ray_instance():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start their own Ray cluster run last (they stop the in-process instance)."""
+    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)

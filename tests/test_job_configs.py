@@ -10,6 +10,7 @@ from bsm_ray.config import load_config
 from bsm_ray.data.pmi_build import PmiConfig
 from bsm_ray.data.prepare import PrepareConfig
 from bsm_ray.train.config import TrainConfig
+from bsm_ray.tune.config import AnnealConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 # File name prefix -> config class of the job that reads it.
@@ -20,6 +21,7 @@ CLASSES = {
     "dnabert6": TrainConfig,
     "logo": TrainConfig,
     "mlm": TrainConfig,
+    "anneal": AnnealConfig,
 }
 
 
@@ -30,6 +32,12 @@ def test_shipped_config_loads(path):
     config = load_config(CLASSES[prefix], path)
     if isinstance(config, TrainConfig):  # batch sizes must split over the configured workers
         config.batch_layout(config.num_workers or 1)
+    if isinstance(config, AnnealConfig):  # fixed points fit the space and the sample count
+        from bsm_ray.tune.space import fixed_points
+
+        config.train.batch_layout(config.train.num_workers or 1)
+        fixed_points(config, config.train.masking.strategy == "cm_gems"
+                     and config.search.switch_threshold is not None)
 
 
 def test_at_least_one_config_shipped():

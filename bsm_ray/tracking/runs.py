@@ -32,8 +32,12 @@ def experiment_id(mlflow_client, name: str) -> str:
     if found is not None:
         return found.experiment_id
     location = None
-    if mlflow_client.tracking_uri == embedded_store()[0]:
-        root = embedded_store()[1]
+    uri = mlflow_client.tracking_uri
+    if uri.startswith("sqlite:///"):
+        # A database without a server: artifacts beside it, not in ./mlruns of whatever the
+        # current directory is (a Ray job's working directory is a temporary copy).
+        root = embedded_store()[1] if uri == embedded_store()[0] else (
+            Path(uri.removeprefix("sqlite:///")).parent / "artifacts")
         root.mkdir(parents=True, exist_ok=True)
         location = (root / name).as_uri()
     try:
@@ -138,7 +142,6 @@ def finish_parent(tracking: TrackingConfig, run_id: str, record: dict[str, Any],
 def download_model(tracking: TrackingConfig, uri: str, dst: Path) -> Path:
     """Fetch a registered model version (models:/name/version or models:/name@alias)."""
     import mlflow
-
     from bsm_ray.errors import ConfigError
 
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking.uri))

@@ -91,8 +91,8 @@ def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
 
         run_id = create_run(config.tracking, config.name, params=to_dict(config),
                             tags={"bsm_ray.run_dir": run_dir, "bsm_ray.model": config.model})
-        config = from_dict(TrainConfig, {**to_dict(config),
-                                         "tracking": {**to_dict(config.tracking), "run_id": run_id}})
+        tracking = {**to_dict(config.tracking), "run_id": run_id}
+        config = from_dict(TrainConfig, {**to_dict(config), "tracking": tracking})
     if config.num_workers == 0:
         ctx = LocalContext(config)
         metrics = train_loop(config, ctx)

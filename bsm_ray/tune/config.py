@@ -30,7 +30,7 @@ class BaseConfig:
     start_lr: float = 3e-3
     end_lr: float = 3e-4
     num_workers: int = 0
-    """Workers of the base run; 0 runs it in this process (real DeepSpeed, no Ray Train start-up)."""
+    """Workers of the base run; 0 runs it in this process (real DeepSpeed, no Train start-up)."""
 
 
 @dataclass

@@ -168,7 +168,9 @@ class SweepSummary:
 
     @property
     def same_winner(self) -> bool | None:
-        return None if self.grid_winner is None else self.grid_winner.trial_id == self.winner.trial_id
+        if self.grid_winner is None:
+            return None
+        return self.grid_winner.trial_id == self.winner.trial_id
 
 
 def summarize(rows: list[TrialRow], steps: int) -> SweepSummary:

@@ -126,8 +126,10 @@ def resolve_base(config: AnnealConfig, sweep_dir: Path) -> Path:
     found = sorted(p.glob("checkpoint*/final_model")) + sorted(p.glob("checkpoints/*/final_model"))
     if found:
         return found[-1]
-    raise ConfigError(f"base.path {path}: no model there (expected a Hugging Face model folder "
-                      f"with config.json, a checkpoint with final_model/, or a run folder)")  # fmt: skip
+    raise ConfigError(
+        f"base.path {path}: no model there (expected a Hugging Face model folder with "
+        f"config.json, a checkpoint with final_model/, or a run folder)"
+    )
 
 
 def _train_base(config: AnnealConfig, sweep_dir: Path) -> Path:

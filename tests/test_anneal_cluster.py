@@ -1,0 +1,166 @@
+"""The main job on a real Ray cluster: `ray start --head`, `ray job submit` of
+jobs/anneal_mix.py, the driver stopped mid-sweep, `--resume` finishing it without re-running
+a finished trial, and the MLflow store holding the parent run and one child run per trial.
+
+This module starts its own cluster, so it runs last (conftest orders `cluster` tests after the
+rest) and shuts the session's in-process Ray instance down first: two Ray instances on one
+machine confuse Ray Train's placement-group cleaner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+from bsm_ray.tune.sweep import finished_metrics
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray(*args: str, env: dict, check: bool = True, timeout: float = 120):
+    return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True,
+                          check=check, timeout=timeout)  # fmt: skip
+
+
+def _status(address: str, job_id: str, env: dict) -> str:
+    """The job's status from `ray job status` (the CLI words it in a sentence on stderr).
+
+    The CLI rather than the SDK: this process imported Ray without token authentication, and
+    Ray reads RAY_AUTH_MODE once per process."""
+    p = _ray("job", "status", "--address", address, job_id, env=env, check=False)
+    out = p.stdout + p.stderr
+    for word, status in (("succeeded", "SUCCEEDED"), ("failed", "FAILED"),
+                         ("was stopped", "STOPPED"), ("RUNNING", "RUNNING"),
+                         ("PENDING", "PENDING")):  # fmt: skip
+        if word in out:
+            return status
+    raise AssertionError(f"ray job status {job_id}: {out[-2000:]}")
+
+
+def _logs(address: str, job_id: str, env: dict) -> str:
+    return _ray("job", "logs", "--address", address, job_id, env=env, check=False).stdout
+
+
+def _wait_status(address: str, job_id: str, env: dict, timeout: float = 600) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = _status(address, job_id, env)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} still {status} after {timeout} s")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    import ray
+
+    ray.shutdown()  # the session's in-process instance, if a test started it
+    gcs, dash = _free_port(), _free_port()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    env["RAY_AUTH_MODE"] = "token"  # the job client must use the cluster's token (~/.ray)
+    _ray("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "4",
+         "--include-dashboard", "true", "--disable-usage-stats", env=env)  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        _ray("stop", "--force", env=env, check=False)
+
+
+def test_anneal_job_submit_stop_and_resume(cluster, tmp_path):
+    address, env = cluster
+    data = tmp_path / "sample"
+    prepare_dataset(PrepareConfig(output_dir=str(data), progress=False))
+    storage = tmp_path / "runs"
+    db = tmp_path / "mlflow" / "mlflow.db"
+    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}})
+    args = ["--set", "name=sweep", "--set", f"storage_path={storage}",
+            "--set", f"train.data.dataset={data}", "--set", "search.num_samples=3",
+            "--set", "search.neighbours=false", "--set", "steps=20", "--set", "eval_every=5",
+            "--set", "asha.grace_period=5", "--set", "base.steps=10"]  # fmt: skip
+
+    def submit(job_id: str, *extra: str) -> None:
+        _ray("job", "submit", "--address", address, "--working-dir", str(ROOT),
+             "--submission-id", job_id, "--runtime-env-json", runtime_env, "--no-wait",
+             "--", "python", "jobs/anneal_mix.py", *args, *extra, env=env)  # fmt: skip
+
+    submit("anneal-1")
+    trials = storage / "sweep" / "trials"
+    deadline = time.time() + 420
+    finished: list[Path] = []
+    while not finished:
+        assert time.time() < deadline, _logs(address, "anneal-1", env)[-3000:]
+        assert _status(address, "anneal-1", env) in ("RUNNING", "PENDING"), (
+            _logs(address, "anneal-1", env)[-3000:])
+        finished = [d for d in trials.glob("*") if finished_metrics(d, 20) is not None]
+        time.sleep(1)
+    _ray("job", "stop", "--address", address, "anneal-1", env=env)
+    assert _wait_status(address, "anneal-1", env) == "STOPPED"
+    assert not (storage / "sweep" / "summary.json").exists()  # stopped mid-sweep
+    before = {d.name: (d / "metrics.jsonl").read_text() for d in finished}
+
+    submit("anneal-2", "--resume")
+    status = _wait_status(address, "anneal-2", env)
+    logs = _logs(address, "anneal-2", env)
+    assert status == "SUCCEEDED", logs[-4000:]
+
+    # The finished trials were not trained again: their step logs are unchanged.
+    for name, text in before.items():
+        assert (trials / name / "metrics.jsonl").read_text() == text, name
+    summary = json.loads((storage / "sweep" / "summary.json").read_text())
+    assert len(summary["trials"]) == 3 and not summary["errors"]
+    assert summary["grid_steps"] == 3 * 20
+    assert 0 < summary["asha_steps"] <= summary["grid_steps"]
+    assert isinstance(summary["same_winner"], bool)
+    assert "winning mix: single_dna" in logs
+    assert "the full grid is 3 trials x 20 steps = 60" in logs
+    assert "Full-grid winner: trial" in logs
+    # The winner as a next-round config that jobs/pretrain.py accepts.
+    best = storage / "sweep" / "best_mix.yaml"
+    assert yaml.safe_load(best.read_text())["data"]["mix"] == pytest.approx(
+        summary["winner"]["mix"], abs=1e-6)
+    printed = subprocess.run([sys.executable, str(ROOT / "jobs" / "pretrain.py"), "--round", "2",
+                              "--config", str(best), "--print-config"],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert yaml.safe_load(printed)["data"]["mix"] == yaml.safe_load(best.read_text())["data"]["mix"]
+
+    # MLflow: one parent run, one child run per trial with params and step metrics.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("bsm_ray-anneal")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["bsm_ray.trial_id"] for r in children) == sorted(
+        t["trial_id"] for t in summary["trials"])
+    for child in children:
+        assert child.data.params["data.dataset"] == str(data)
+        assert child.data.params["schedule.kind"] == "anneal"
+        history = client.get_metric_history(child.info.run_id, "train/loss")
+        assert len(history) >= 5
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.json", "best_mix.yaml", "objective_vs_mix.png"} <= artifacts
+    assert parent.data.metrics["sweep/grid_steps"] == 60
