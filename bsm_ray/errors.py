@@ -34,5 +34,9 @@ class InputError(BsmRayError):
         super().__init__(f"{where}: {reason}" + (f" ({detail})" if detail else ""))
 
 
+class TrackingError(BsmRayError):
+    """The tracking server could not be reached and `tracking.strict` is set."""
+
+
 class SampleDataUnavailable(BsmRayError):
     """The embedded sample corpus could not be built (package registry unreachable)."""

@@ -27,6 +27,9 @@ class TrackingConfig:
     """Log into this existing run (set by sweeps, which create one child run per trial)."""
     flush_every_s: float = 5.0
     """Step metrics are buffered and sent in batches at most this often (and at reports)."""
+    strict: bool = False
+    """An unreachable tracking server stops the run (otherwise training goes on, metrics are
+    kept and retried with backoff, and the run records the gap)."""
 
 
 def embedded_store() -> tuple[str, Path]:

@@ -78,14 +78,36 @@ def end_run(tracking: TrackingConfig, run_id: str, status: str = "FINISHED") -> 
 
 
 class RunLogger:
-    """Buffered metric logging into one run (used by rank 0 of a training run)."""
+    """Buffered metric logging into one run (rank 0 of a training run).
 
-    def __init__(self, tracking: TrackingConfig, run_id: str) -> None:
+    A failed send keeps the metrics and retries after an exponential backoff (2, 4, ... 60 s)
+    without ever blocking a step; when the server answers again the buffered metrics go out and
+    the gap is recorded on the run (tag `bsm_ray.logging_gaps`) and printed. With
+    `tracking.strict` the first failure raises `TrackingError`. At `close()` whatever cannot be
+    sent is written to `<fallback_dir>/mlflow_unsent.jsonl`, never dropped silently.
+    """
+
+    MAX_BUFFER = 200_000
+
+    def __init__(self, tracking: TrackingConfig, run_id: str,
+                 fallback_dir: Path | None = None) -> None:
+        import os
+
+        # MLflow's own HTTP retries back off for minutes inside one call; retry here instead.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         self.tracking = tracking
         self.run_id = run_id
+        self.fallback_dir = fallback_dir
         self._client = client(tracking.uri)
         self._buffer: list = []
         self._last_flush = time.monotonic()
+        self._gap_start: float | None = None
+        self._failures = 0
+        self._next_try = 0.0
+        self.dropped = 0
+        self.gaps: list[dict[str, Any]] = []
+        self._pending_tags: dict[str, str] = {}
 
     def log(self, metrics: dict[str, Any], step: int, *, flush: bool = False) -> None:
         from mlflow.entities import Metric
@@ -96,18 +118,91 @@ class RunLogger:
                 continue
             if math.isfinite(value):
                 self._buffer.append(Metric(key, float(value), now_ms, step))
+        if len(self._buffer) > self.MAX_BUFFER:
+            over = len(self._buffer) - self.MAX_BUFFER
+            self._buffer = self._buffer[over:]
+            self.dropped += over
         if flush or time.monotonic() - self._last_flush >= self.tracking.flush_every_s:
             self.flush()
 
-    def flush(self) -> None:
-        while self._buffer:
-            batch, self._buffer = self._buffer[:1000], self._buffer[1000:]
-            self._client.log_batch(self.run_id, metrics=batch)
-        self._last_flush = time.monotonic()
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._pending_tags.update({k: str(v) for k, v in tags.items()})
+        self.flush()
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self._client.set_tag(self.run_id, key, str(value))
+    def flush(self, *, force: bool = False) -> bool:
+        """Send what is buffered; False if the server did not take it (kept for later)."""
+        self._last_flush = time.monotonic()
+        if self._gap_start is not None and not force and time.monotonic() < self._next_try:
+            return False
+        try:
+            while self._buffer:
+                batch = self._buffer[:1000]
+                self._client.log_batch(self.run_id, metrics=batch)
+                del self._buffer[: len(batch)]
+            for key in list(self._pending_tags):
+                self._client.set_tag(self.run_id, key, self._pending_tags.pop(key))
+        except Exception as exc:
+            self._failed(exc)
+            return False
+        if self._gap_start is not None:
+            self._recovered()
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        from bsm_ray.errors import TrackingError
+
+        uri = resolve_tracking_uri(self.tracking.uri)
+        if self.tracking.strict:
+            raise TrackingError(f"MLflow at {uri} is unreachable (tracking.strict is set): "
+                                f"{type(exc).__name__}: {str(exc)[:200]}") from exc  # fmt: skip
+        self._failures += 1
+        if self._gap_start is None:
+            self._gap_start = time.time()
+            print(f"[bsm_ray] MLflow at {uri} is unreachable ({type(exc).__name__}); training "
+                  f"goes on, metrics are kept and retried with backoff", flush=True)  # fmt: skip
+        self._next_try = time.monotonic() + min(60.0, 2.0 ** min(self._failures, 6))
+
+    def _recovered(self) -> None:
+        gap = {"start": self._gap_start, "end": time.time(), "failed_attempts": self._failures,
+               "dropped_metrics": self.dropped}  # fmt: skip
+        gap["seconds"] = round(gap["end"] - gap["start"], 1)
+        self.gaps.append(gap)
+        self._gap_start, self._failures = None, 0
+        print(f"[bsm_ray] MLflow reachable again after {gap['seconds']} s; buffered metrics "
+              f"sent", flush=True)  # fmt: skip
+        import json
+
+        try:
+            self._client.set_tag(self.run_id, "bsm_ray.logging_gaps", json.dumps(self.gaps))
+        except Exception as exc:  # went away again at once
+            self._failed(exc)
+
+    def close(self, retries: int = 3) -> None:
+        """Final flush, retried; what still cannot be sent goes to the fallback file."""
+        for attempt in range(retries + 1):
+            if self.flush(force=True):
+                return
+            if attempt < retries:
+                time.sleep(2.0**attempt)
+        self._write_unsent()
+
+    def _write_unsent(self) -> None:
+        import json
+
+        if self.fallback_dir is None:
+            print(f"[bsm_ray] MLflow unreachable at the end: {len(self._buffer)} metric values "
+                  f"not logged (no local run folder to keep them)", flush=True)  # fmt: skip
+            return
+        path = Path(self.fallback_dir) / "mlflow_unsent.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            for m in self._buffer:
+                fh.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
+                                     "timestamp": m.timestamp, "step": m.step}) + "\n")
+            for k, v in self._pending_tags.items():
+                fh.write(json.dumps({"run_id": self.run_id, "tag": k, "value": v}) + "\n")
+        print(f"[bsm_ray] MLflow unreachable at the end: {len(self._buffer)} metric values kept "
+              f"in {path}", flush=True)  # fmt: skip
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._client.log_artifact(self.run_id, str(path), artifact_path)

@@ -88,9 +88,10 @@ def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     run_dir = f"{storage}/{config.name}"
     if config.tracking.enabled and not config.tracking.run_id:
         from bsm_ray.tracking.runs import create_run
+        from bsm_ray.tracking.tags import run_tags
 
         run_id = create_run(config.tracking, config.name, params=to_dict(config),
-                            tags={"bsm_ray.run_dir": run_dir, "bsm_ray.model": config.model})
+                            tags={**run_tags(config), "bsm_ray.run_dir": run_dir})
         tracking = {**to_dict(config.tracking), "run_id": run_id}
         config = from_dict(TrainConfig, {**to_dict(config), "tracking": tracking})
     if config.num_workers == 0:

@@ -309,6 +309,8 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
                     step, metrics["val/ppl"]
                 ):
                     metrics["mask/switch_step"] = step
+                    if tracker is not None:
+                        tracker.set_tags({"bsm_ray.switch_step": step})
         # Every step is logged (rank 0, locally); Ray Train gets a report only with evaluations
         # and checkpoints: each report waits for the Train controller's next poll, so a report
         # per step would cap the step rate. The rule is the same on every rank.
@@ -322,6 +324,8 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
             ctx.report(metrics)
         else:
             ctx.log(metrics)
+    if tracker is not None:
+        tracker.close()
     return metrics
 
 
@@ -331,7 +335,7 @@ def _tracker(config: TrainConfig, ctx: TrainContext):
         return None
     from bsm_ray.tracking.runs import RunLogger
 
-    return RunLogger(config.tracking, config.tracking.run_id)
+    return RunLogger(config.tracking, config.tracking.run_id, fallback_dir=ctx.run_dir)
 
 
 def micro_rows_desc(config: TrainConfig, accum: int) -> str:

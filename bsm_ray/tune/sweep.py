@@ -229,13 +229,13 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
         if spec["tracking"]["enabled"]:
             from bsm_ray.tracking.config import TrackingConfig
             from bsm_ray.tracking.runs import create_run
+            from bsm_ray.tracking.tags import run_tags
 
             probe = trial_train_config(spec, params, trial_id, None)
             run_id = create_run(
                 from_dict(TrackingConfig, spec["tracking"]), f"trial-{trial_id}",
                 parent_run_id=spec["parent_run_id"], params=to_dict(probe),
-                tags={"bsm_ray.trial_id": trial_id,
-                      "bsm_ray.mix": json.dumps(probe.data.mix, sort_keys=True)},
+                tags={**run_tags(probe), "bsm_ray.trial_id": trial_id},
             )  # fmt: skip
         config = trial_train_config(spec, params, trial_id, run_id)
         info = {"trial_id": trial_id, "params": params, "run_id": run_id, "train": to_dict(config)}
