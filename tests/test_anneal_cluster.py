@@ -96,6 +96,7 @@ def test_anneal_job_submit_stop_and_resume(cluster, tmp_path):
     runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}})
     args = ["--set", "name=sweep", "--set", f"storage_path={storage}",
             "--set", f"train.data.dataset={data}", "--set", "search.num_samples=3",
+            "--set", "search.candidates=[{single_dna: 10, refseq_pair: 2, gene_pair: 1}]",
             "--set", "search.neighbours=false", "--set", "steps=20", "--set", "eval_every=5",
             "--set", "asha.grace_period=5", "--set", "base.steps=10"]  # fmt: skip
 

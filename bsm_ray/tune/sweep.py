@@ -476,6 +476,7 @@ def run_sweep(config: AnnealConfig, resume: bool = False, overwrite: bool = Fals
         raise ConfigError(f"--resume: no sweep '{config.name}' at {sweep_dir} to resume")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     weights = objective_weights(config, _val_sources(config))
+    fixed_points(config, _tune_threshold(config))  # config errors before any training
     sources = swept_sources(config)
     unknown = sorted(set(sources) - _train_sources(config))
     if unknown:
