@@ -51,6 +51,18 @@ def ensure_dataset(config: TrainConfig) -> None:
     prepare_dataset(PrepareConfig(output_dir=config.data.dataset, progress=False))
 
 
+def connect_ray(log_to_driver: bool = True) -> None:
+    """Join the cluster under `ray job submit` (RAY_ADDRESS), else start a local instance with
+    more logical CPUs than cores so Ray Data never starves behind the train workers."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    kwargs = {} if address else {"num_cpus": max(4, (os.cpu_count() or 2) * 2)}
+    ray.init(address=address, log_to_driver=log_to_driver, **kwargs)
+
+
 def _worker_entry(config_dict: dict) -> None:
     config = from_dict(TrainConfig, config_dict)
     train_loop(config, RayTrainContext(config))
@@ -104,16 +116,10 @@ def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     # The Train controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
     # default) and a worker's report waits for that poll; poll faster unless set by the user.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-    import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not ray.is_initialized():
-        # Connect to a cluster under `ray job submit` (RAY_ADDRESS); otherwise start one with
-        # more logical CPUs than cores so Ray Data never starves behind the train workers.
-        address = os.environ.get("RAY_ADDRESS")
-        kwargs = {} if address else {"num_cpus": max(4, (os.cpu_count() or 2) * 2)}
-        ray.init(address=address, log_to_driver=True, **kwargs)
+    connect_ray()
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config=to_dict(config),

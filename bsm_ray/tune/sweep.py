@@ -81,16 +81,6 @@ def _val_sources(config: AnnealConfig) -> set[str]:
     return {kind for kind, splits in totals.items() if splits.get("val", {}).get("rows", 0) > 0}
 
 
-def _connect_ray(worker_logs: bool) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    kwargs = {} if address else {"num_cpus": max(4, (os.cpu_count() or 2) * 2)}
-    ray.init(address=address, log_to_driver=worker_logs, **kwargs)
-
-
 def trial_concurrency(config: AnnealConfig, resources: dict[str, float]) -> int:
     """Trials that can run at once with all their workers placed (at least 1)."""
     if config.max_concurrent > 0:
@@ -451,7 +441,7 @@ def sweep_spec(config: AnnealConfig, sweep_dir: Path, base: Path, weights, paren
 
 
 def run_sweep(config: AnnealConfig, resume: bool = False, overwrite: bool = False) -> SweepOutcome:
-    from bsm_ray.train.launcher import ensure_dataset
+    from bsm_ray.train.launcher import connect_ray, ensure_dataset
 
     config = from_dict(AnnealConfig, to_dict(config))
     config.storage_path = _abs(config.storage_path)
@@ -482,7 +472,7 @@ def run_sweep(config: AnnealConfig, resume: bool = False, overwrite: bool = Fals
     if unknown:
         raise ConfigError(f"mix source(s) {unknown} have no training rows in "
                           f"{config.train.data.dataset}")  # fmt: skip
-    _connect_ray(config.worker_logs)
+    connect_ray(log_to_driver=config.worker_logs)
     if resume:
         state = json.loads(state_path.read_text())
         base, parent_run_id = Path(state["base"]), state["parent_run_id"]
