@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                              args.overrides)  # fmt: skip
         base = config.name
         config.name = f"{base}-round{args.round}"
+        config.round = args.round
         if args.round > 1 and config.init_from is None:
             config.init_from = str(
                 final_model_of(config.storage_path, f"{base}-round{args.round - 1}")

@@ -3,71 +3,17 @@ of the server (training goes on, metrics kept, the gap recorded), strict mode, l
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
+import json
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from bsm_ray.errors import TrackingError
 from bsm_ray.tracking.config import TrackingConfig
-from bsm_ray.tracking.runs import RunLogger, client, create_run
+from bsm_ray.tracking.runs import UNSENT_FILE, RunLogger, client, create_run, replay_unsent
 
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`mlflow server` with a SQLite store on 127.0.0.1, stoppable and restartable."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port, self.proc = root, _free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri",
-             f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts-destination",
-             str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=1)
-                return
-            except OSError:
-                assert self.proc.poll() is None, "mlflow server exited"
-                time.sleep(0.5)
-        raise AssertionError("mlflow server did not come up in 60 s")
-
-    def stop(self) -> None:
-        import os
-        import signal
-
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("mlflow-server"))
-    srv.start()
-    yield srv
-    srv.stop()
 
 
 def test_outage_keeps_metrics_and_records_the_gap(server, tmp_path, capsys):
@@ -95,14 +41,31 @@ def test_outage_keeps_metrics_and_records_the_gap(server, tmp_path, capsys):
     assert not (tmp_path / "mlflow_unsent.jsonl").exists()
 
 
-def test_unsent_metrics_go_to_a_file_and_strict_raises(tmp_path):
-    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+def test_unsent_metrics_go_to_a_file_replayed_later_and_strict_raises(server, tmp_path):
+    live = TrackingConfig(enabled=True, uri=server.uri, experiment="unsent")
+    run_id = create_run(live, "unsent")
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     tracking = TrackingConfig(enabled=True, uri=dead, flush_every_s=0.0)
-    logger = RunLogger(tracking, "0" * 32, fallback_dir=tmp_path)
+    logger = RunLogger(tracking, run_id, fallback_dir=tmp_path)
     logger.log({"train/loss": 2.5}, 3)
-    logger.close(retries=0)
-    lines = (tmp_path / "mlflow_unsent.jsonl").read_text().splitlines()
-    assert len(lines) == 1 and '"value": 2.5' in lines[0] and '"step": 3' in lines[0]
+    logger.set_tags({"bsm_ray.switch_step": 8})
+    t0 = time.perf_counter()
+    logger.close(timeout_s=2.0)
+    assert 2.0 <= time.perf_counter() - t0 < 15
+    lines = [json.loads(x) for x in (tmp_path / UNSENT_FILE).read_text().splitlines()]
+    assert [sorted(x) for x in lines] == [
+        ["key", "run_id", "step", "timestamp", "value"], ["run_id", "tag", "value"],
+        ["gap", "run_id"]]  # fmt: skip
+    assert lines[0]["value"] == 2.5 and lines[0]["step"] == 3
+    assert lines[2]["gap"]["failed_attempts"] >= 1
+    # the driver sends the file once the server answers; the gap is recorded on the run
+    sent = replay_unsent(live, tmp_path / UNSENT_FILE)
+    assert sent["metrics"] == 1 and not (tmp_path / UNSENT_FILE).exists()
+    c = client(server.uri)
+    assert [(m.step, m.value) for m in c.get_metric_history(run_id, "train/loss")] == [(3, 2.5)]
+    run = c.get_run(run_id)
+    assert run.data.tags["bsm_ray.switch_step"] == "8"
+    assert json.loads(run.data.tags["bsm_ray.logging_gaps"])[0]["seconds"] >= 2.0
     strict = RunLogger(TrackingConfig(enabled=True, uri=dead, strict=True), "0" * 32)
     with pytest.raises(TrackingError, match="unreachable"):
         strict.log({"train/loss": 1.0}, 1, flush=True)

@@ -30,6 +30,15 @@ class TrackingConfig:
     strict: bool = False
     """An unreachable tracking server stops the run (otherwise training goes on, metrics are
     kept and retried with backoff, and the run records the gap)."""
+    final_flush_s: float = 30.0
+    """At the end of training, keep retrying an unreachable server this long before writing the
+    unsent metrics to <run>/mlflow_unsent.jsonl (the driver sends that file when it can)."""
+    register: bool = True
+    """At the end of a training run, register its Hugging Face export as a new model version
+    (sweep trials never register)."""
+    model_name: str | None = None
+    """Registered model name; None: by family (bsm-causal, dnabert, logo; tiny presets under
+    their own names)."""
 
 
 def embedded_store() -> tuple[str, Path]:

@@ -15,6 +15,7 @@ from bsm_ray.config import flatten
 from bsm_ray.tracking.config import TrackingConfig, embedded_store, resolve_tracking_uri
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+UNSENT_FILE = "mlflow_unsent.jsonl"
 
 
 def client(uri: str | None = None):
@@ -177,13 +178,20 @@ class RunLogger:
         except Exception as exc:  # went away again at once
             self._failed(exc)
 
-    def close(self, retries: int = 3) -> None:
-        """Final flush, retried; what still cannot be sent goes to the fallback file."""
-        for attempt in range(retries + 1):
+    def close(self, timeout_s: float | None = None) -> None:
+        """Final flush, retried for up to `timeout_s` (tracking.final_flush_s); what still
+        cannot be sent goes to the fallback file, with the gap, for `replay_unsent`."""
+        timeout_s = self.tracking.final_flush_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        wait = 1.0
+        while True:
             if self.flush(force=True):
                 return
-            if attempt < retries:
-                time.sleep(2.0**attempt)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(wait, left))
+            wait = min(wait * 2, 8.0)
         self._write_unsent()
 
     def _write_unsent(self) -> None:
@@ -193,19 +201,65 @@ class RunLogger:
             print(f"[bsm_ray] MLflow unreachable at the end: {len(self._buffer)} metric values "
                   f"not logged (no local run folder to keep them)", flush=True)  # fmt: skip
             return
-        path = Path(self.fallback_dir) / "mlflow_unsent.jsonl"
+        path = Path(self.fallback_dir) / UNSENT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
+        gap = {"start": self._gap_start, "end": None, "failed_attempts": self._failures,
+               "dropped_metrics": self.dropped}  # fmt: skip
         with open(path, "a") as fh:
             for m in self._buffer:
                 fh.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value,
                                      "timestamp": m.timestamp, "step": m.step}) + "\n")
             for k, v in self._pending_tags.items():
                 fh.write(json.dumps({"run_id": self.run_id, "tag": k, "value": v}) + "\n")
+            for g in [*self.gaps, gap]:
+                fh.write(json.dumps({"run_id": self.run_id, "gap": g}) + "\n")
         print(f"[bsm_ray] MLflow unreachable at the end: {len(self._buffer)} metric values kept "
               f"in {path}", flush=True)  # fmt: skip
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def replay_unsent(tracking: TrackingConfig, path: Path) -> dict[str, Any] | None:
+    """Send what a RunLogger left in `path` (metrics, tags) and record its gaps on the run
+    (tag bsm_ray.logging_gaps, the gap ending now); the file is renamed `*.sent`. Returns
+    {"metrics": n, "gaps": [...]}, or None if the server still does not take it."""
+    import json
+
+    from mlflow.entities import Metric
+
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not records:
+        return None
+    c = client(tracking.uri)
+    run_id = records[0]["run_id"]
+    metrics = [Metric(r["key"], r["value"], r["timestamp"], r["step"]) for r in records
+               if "key" in r]  # fmt: skip
+    now = time.time()
+    gaps = []
+    for r in records:
+        if "gap" in r:
+            g = dict(r["gap"])
+            if g.get("end") is None:
+                g["end"] = now
+                g["seconds"] = round(now - (g.get("start") or now), 1)
+                g["replayed_from"] = str(path)
+            gaps.append(g)
+    try:
+        for i in range(0, len(metrics), 1000):
+            c.log_batch(run_id, metrics=metrics[i : i + 1000])
+        for r in records:
+            if "tag" in r:
+                c.set_tag(run_id, r["tag"], r["value"])
+        if gaps:
+            known = c.get_run(run_id).data.tags.get("bsm_ray.logging_gaps")
+            merged = json.loads(known) if known else []
+            merged += [g for g in gaps if g not in merged]
+            c.set_tag(run_id, "bsm_ray.logging_gaps", json.dumps(merged))
+    except Exception:
+        return None
+    Path(path).replace(Path(path).with_suffix(".jsonl.sent"))
+    return {"metrics": len(metrics), "gaps": gaps}
 
 
 def set_run_tags(tracking: TrackingConfig, run_id: str, tags: dict[str, str]) -> None:

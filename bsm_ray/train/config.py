@@ -89,8 +89,11 @@ class TrainConfig:
     final_model/) instead of a fresh initialisation."""
     peak_flops: float | None = None
     """Device peak FLOP/s for MFU; measured with a matmul at start-up when None."""
-    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(enabled=False))
-    """MLflow logging from rank 0 (off unless enabled; sweeps turn it on per trial)."""
+    round: int | None = None
+    """BSM round (1..3), set by jobs/pretrain.py --round; recorded on the registered version."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow: rank 0 logs params, metrics and lineage tags; the driver logs the config, the
+    NPMI table and plots, and registers the final model."""
     trace: bool = False
     """Write per-step (loss, rows consumed) and worker pids under <run>/trace/ (tests, audits)."""
 

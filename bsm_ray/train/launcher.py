@@ -12,7 +12,7 @@ Imports ray only when launching with workers.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class TrainResult:
     metrics: dict[str, Any]
     checkpoint: str | None  # directory (local) or URI of the final checkpoint
     run_dir: str
+    tracking: dict[str, Any] = field(default_factory=dict)  # run id, registered version, gaps
 
     @property
     def final_model(self) -> str | None:
@@ -91,21 +92,38 @@ def _ray_datasets(config: TrainConfig) -> dict[str, Any]:
 def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     """Run the training described by `config`; return its final metrics and checkpoint.
 
-    `callbacks` are Ray Train callbacks (e.g. Tune's `TuneReportCallback` in a sweep trial)."""
+    `callbacks` are Ray Train callbacks (e.g. Tune's `TuneReportCallback` in a sweep trial).
+    With tracking on and no `tracking.run_id`, the MLflow run is created here (or continued,
+    for a relaunch of the same run), and at the end its files are attached and its final model
+    registered (bsm_ray.tracking.training)."""
     ensure_dataset(config)
     storage = config.storage_path
     if is_local_path(storage):
         storage = str(Path(storage.removeprefix("file://")).resolve())
         config = from_dict(TrainConfig, {**to_dict(config), "storage_path": storage})
     run_dir = f"{storage}/{config.name}"
-    if config.tracking.enabled and not config.tracking.run_id:
-        from bsm_ray.tracking.runs import create_run
-        from bsm_ray.tracking.tags import run_tags
+    owns_run = config.tracking.enabled and not config.tracking.run_id
+    if owns_run:
+        from bsm_ray.tracking.training import start_run
 
-        run_id = create_run(config.tracking, config.name, params=to_dict(config),
-                            tags={**run_tags(config), "bsm_ray.run_dir": run_dir})
-        tracking = {**to_dict(config.tracking), "run_id": run_id}
-        config = from_dict(TrainConfig, {**to_dict(config), "tracking": tracking})
+        config = start_run(config, run_dir)
+        owns_run = config.tracking.enabled
+    try:
+        result = _train(config, run_dir, callbacks)
+    except BaseException:
+        if owns_run:
+            from bsm_ray.tracking.training import fail_run
+
+            fail_run(config)
+        raise
+    if owns_run:
+        from bsm_ray.tracking.training import finish_run
+
+        result.tracking = finish_run(config, result)
+    return result
+
+
+def _train(config: TrainConfig, run_dir: str, callbacks: list | None) -> TrainResult:
     if config.num_workers == 0:
         ctx = LocalContext(config)
         metrics = train_loop(config, ctx)
@@ -128,7 +146,7 @@ def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
             resources_per_worker={"CPU": config.cpus_per_worker},
         ),
         run_config=RunConfig(
-            name=config.name, storage_path=storage,
+            name=config.name, storage_path=config.storage_path,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
             callbacks=callbacks,

@@ -109,16 +109,23 @@ class _Masker:
                           self.rank_table)  # fmt: skip
 
 
+def resolve_pmi_table(path: str | None) -> str:
+    """The NPMI table's path; None means the sample corpus's table, built once and cached."""
+    if path is not None:
+        return path
+    from bsm_ray.data.pmi_build import PmiConfig, build_pmi_table
+    from bsm_ray.data.samples import cache_dir
+
+    path = str(cache_dir() / "npmi_6mer_sample.parquet")
+    if not Path(path).is_file():
+        build_pmi_table(PmiConfig(output=path, progress=False, parallel="local"))
+    return path
+
+
 def _load_rank_table(path: str | None) -> np.ndarray:
-    from bsm_ray.data.pmi_build import PmiConfig, build_pmi_table, load_rank_table
+    from bsm_ray.data.pmi_build import load_rank_table
 
-    if path is None:  # the sample corpus's table, built once and cached
-        from bsm_ray.data.samples import cache_dir
-
-        path = str(cache_dir() / "npmi_6mer_sample.parquet")
-        if not Path(path).is_file():
-            build_pmi_table(PmiConfig(output=path, progress=False, parallel="local"))
-    return load_rank_table(path)
+    return load_rank_table(resolve_pmi_table(path))
 
 
 def _batch_tensors(config, windows, rows, masker, step, device):
@@ -318,7 +325,8 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
         if tracker is not None:  # before the report: a sweep may stop the trial at a report
             tracker.log(metrics, step, flush=reporting or is_last)
         if step % config.checkpoint_every == 0 or is_last:
-            directory = _save_checkpoint(engine, ctx, config, step, plan, masker, is_last)
+            probe = _probe_batch(config, val_windows, device) if is_last else None
+            directory = _save_checkpoint(engine, ctx, config, step, plan, masker, is_last, probe)
             ctx.report(metrics, checkpoint_dir=directory)
         elif step % config.eval_every == 0:
             ctx.report(metrics)
@@ -342,7 +350,7 @@ def micro_rows_desc(config: TrainConfig, accum: int) -> str:
     return f"{config.micro_batch_rows} rows x {accum} accumulation per worker"
 
 
-def _save_checkpoint(engine, ctx, config, step, plan, masker, final: bool) -> Path:
+def _save_checkpoint(engine, ctx, config, step, plan, masker, final: bool, probe=None) -> Path:
     import torch.distributed as dist
 
     directory = ctx.new_checkpoint_dir()
@@ -357,19 +365,31 @@ def _save_checkpoint(engine, ctx, config, step, plan, masker, final: bool) -> Pa
             "model": config.model,
         })  # fmt: skip
     if final:
-        export_model(engine, ctx, config, directory / "final_model")
+        diff = export_model(engine, ctx, config, directory / "final_model", probe)
+        if diff is not None:
+            print(f"[bsm_ray] exported the final model: reloaded with from_pretrained, max "
+                  f"|logit difference| {diff:.2g} on a validation batch", flush=True)
+            write_trainer_state(directory, {**read_trainer_state(directory),
+                                            "export_max_abs_logit_diff": diff})
     if dist.is_initialized():
         dist.barrier()
     return directory
 
 
-def export_model(engine, ctx, config, directory: Path) -> None:
-    """Rank 0 writes the model in Hugging Face format (safetensors) with its tokenizer.
+def export_model(engine, ctx, config, directory: Path, probe) -> float | None:
+    """Rank 0 writes the model in Hugging Face format (safetensors) with its tokenizer, reloads
+    it with `from_pretrained` and returns the largest logit difference against the training
+    model on `probe` (input_ids, attention_mask); other ranks return None.
 
-    Under ZeRO-3 the parameters are gathered first (every rank takes part)."""
+    Under ZeRO-3 the parameters are gathered for the save (every rank takes part) and the
+    probe forward runs on every rank (its parameter gathers are collective)."""
     import deepspeed
+    import torch
+
+    from bsm_ray.train.export import max_logit_diff, probe_logits, save_hf
 
     model = engine.module
+    reference = probe_logits(model, *probe)
     gather = (
         deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
         if config.zero_stage == 3
@@ -377,15 +397,26 @@ def export_model(engine, ctx, config, directory: Path) -> None:
     )
     with gather:
         if ctx.is_rank0:
-            model.save_pretrained(directory, safe_serialization=True)
-            if get_preset(config.model).family == "bsm":
-                from bsm_ray.tokenizers import BsmCharTokenizer
+            save_hf(model, config.model, directory)
+    if not ctx.is_rank0:
+        return None
+    dtype = next(model.parameters()).dtype
+    diff = max_logit_diff(reference, directory, *probe, dtype=dtype)
+    if diff > (1e-3 if dtype == torch.float32 else 0.1):
+        raise RuntimeError(f"{directory}: the exported model's logits differ from the training "
+                           f"model's by {diff:.3g} (max |difference| on a validation batch)")
+    return diff
 
-                BsmCharTokenizer().save_pretrained(directory)
-            else:
-                from bsm_ray.tokenizers import KmerTokenizer
 
-                KmerTokenizer(6).save_pretrained(directory)
+def _probe_batch(config, val_windows, device):
+    """A fixed validation batch (the first rows of the first source) for the export check."""
+    import torch
+
+    win = val_windows[sorted(val_windows)[0]]
+    n = min(2, len(win))
+    ids = torch.from_numpy(win.input_ids[:n].astype(np.int64)).to(device)
+    mask = torch.from_numpy(win.attention_mask[:n].astype(np.int64)).to(device)
+    return ids, mask
 
 
 class _Trace:

@@ -1,0 +1,1 @@
+"""Evaluation of trained models (perplexity per modality; more tasks build on it)."""
