@@ -47,7 +47,7 @@ class PromoteConfig:
 
     model_name: str = "bsm-causal"
     """Registered model (bsm-causal, dnabert, logo, or a tiny preset's name)."""
-    candidate: str = "latest"
+    candidate: str | int = "latest"
     """Version to judge: "latest", a version number, or an alias."""
     alias: str = "champion"
     primary: str = "eval/ppl"
@@ -201,7 +201,7 @@ def promote(config: PromoteConfig) -> Decision:
     """Evaluate, decide, and (unless dry run) record and move the alias."""
     from bsm_ray.tracking.registry import resolve_version, set_alias, set_version_tags
 
-    candidate = resolve_version(config.tracking, config.model_name, config.candidate)
+    candidate = resolve_version(config.tracking, config.model_name, str(config.candidate))
     if candidate is None:
         raise TrackingError(f"{config.model_name}: no version behind {config.candidate!r}")
     champion = resolve_version(config.tracking, config.model_name, config.alias)
