@@ -17,11 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from bsm_ray.cli import run_job  # noqa: E402
-from bsm_ray.tracking.promotion import PromoteConfig  # noqa: E402
+from bsm_ray.eval.promotion import PromoteConfig  # noqa: E402
 
 
 def main(config: PromoteConfig, args) -> None:
-    from bsm_ray.tracking.promotion import promote
+    from bsm_ray.eval.promotion import promote
 
     if args.dry_run:
         config.dry_run = True

@@ -20,8 +20,8 @@ import pytest
 from bsm_ray.cli import run_job
 from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
 from bsm_ray.eval.perplexity import PerplexityConfig, metrics_from_sums
+from bsm_ray.eval.promotion import Gate, PromoteConfig, decide, promote
 from bsm_ray.tracking.config import TrackingConfig
-from bsm_ray.tracking.promotion import Gate, PromoteConfig, decide, promote
 from bsm_ray.tracking.registry import registered_name, resolve_version, version_tags
 from bsm_ray.tracking.runs import client, download_model
 from bsm_ray.train.config import DataConfig, MaskingConfig, TrainConfig

@@ -95,7 +95,7 @@ def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     `callbacks` are Ray Train callbacks (e.g. Tune's `TuneReportCallback` in a sweep trial).
     With tracking on and no `tracking.run_id`, the MLflow run is created here (or continued,
     for a relaunch of the same run), and at the end its files are attached and its final model
-    registered (bsm_ray.tracking.training)."""
+    registered (bsm_ray.train.tracked)."""
     ensure_dataset(config)
     storage = config.storage_path
     if is_local_path(storage):
@@ -104,7 +104,7 @@ def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     run_dir = f"{storage}/{config.name}"
     owns_run = config.tracking.enabled and not config.tracking.run_id
     if owns_run:
-        from bsm_ray.tracking.training import start_run
+        from bsm_ray.train.tracked import start_run
 
         config = start_run(config, run_dir)
         owns_run = config.tracking.enabled
@@ -112,12 +112,12 @@ def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
         result = _train(config, run_dir, callbacks)
     except BaseException:
         if owns_run:
-            from bsm_ray.tracking.training import fail_run
+            from bsm_ray.train.tracked import fail_run
 
             fail_run(config)
         raise
     if owns_run:
-        from bsm_ray.tracking.training import finish_run
+        from bsm_ray.train.tracked import finish_run
 
         result.tracking = finish_run(config, result)
     return result
