@@ -148,6 +148,7 @@ RAY_DEFAULT_HEALTH_CHECK_S = 2.0
 
 def train_config(s: dict, **overrides):
     """The TrainConfig both paths follow (the plain loop reads its hyper-parameters from it)."""
+    from bsm_ray.tracking.config import TrackingConfig
     from bsm_ray.train.config import DataConfig, TrainConfig
 
     fields = dict(
@@ -171,6 +172,8 @@ def train_config(s: dict, **overrides):
         max_failures=0,
         storage_path=s["storage"],
         trace=True,  # per-step (pid, loss, rows) lines: the worker's pid for the CPU-time check
+        # No MLflow run or registered version for a benchmark (the plain loop has none either).
+        tracking=TrackingConfig(enabled=False),
     )
     fields.update(overrides)
     return TrainConfig(**fields)
