@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/masking_throughput.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/pipeline_throughput.py
+	$(PY) bench/gpu_throughput.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check bsm_ray jobs tests bench

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+from bsm_ray.tracking.config import TrackingConfig
 from bsm_ray.train.config import DataConfig, MaskingConfig, TrainConfig
 from bsm_ray.train.context import build_windows, read_metrics
 from bsm_ray.train.launcher import launch
@@ -31,6 +32,26 @@ def dataset(tmp_path_factory) -> str:
     return str(out)
 
 
+# MLflow tracking (on by default) has its own tests against a real server (test_registry.py);
+# these runs test training, so they leave the tracking store alone.
+NO_TRACKING = TrackingConfig(enabled=False)
+
+
+def _killable(dataset: str, storage: Path) -> TrainConfig:
+    """The causal ZeRO-2 run that is trained once uninterrupted and once with a killed worker."""
+    return _causal(dataset, storage, max_steps=16, checkpoint_every=4, eval_every=8, trace=True,
+                   max_failures=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset, tmp_path_factory, ray_instance):
+    """The reference run, shared by the export test and the killed-worker test (one
+    TorchTrainer run fewer in the suite)."""
+    storage = tmp_path_factory.mktemp("uninterrupted")
+    config = replace(_killable(dataset, storage), name="uninterrupted")
+    return config, launch(config)
+
+
 def _causal(dataset: str, storage: Path, **kw) -> TrainConfig:
     base = dict(
         name="bsm", model="bsm-tiny", objective="causal", seq_len=128,
@@ -39,6 +60,7 @@ def _causal(dataset: str, storage: Path, **kw) -> TrainConfig:
         data=DataConfig(dataset=dataset, mix={"single_protein": 1, "refseq_pair": 1, "web": 1},
                         val_rows_per_source=24),
         num_workers=2, eval_every=6, checkpoint_every=6, storage_path=str(storage),
+        tracking=NO_TRACKING,
     )  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
@@ -52,6 +74,7 @@ def _mlm(dataset: str, storage: Path, **kw) -> TrainConfig:
         data=DataConfig(dataset=dataset, val_rows_per_source=24),
         masking=MaskingConfig(strategy="dnabert"),
         num_workers=2, eval_every=8, checkpoint_every=8, storage_path=str(storage),
+        tracking=NO_TRACKING,
     )  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
@@ -83,13 +106,16 @@ def _reload_val_loss(config: TrainConfig, final_model: str) -> float:
     return total / count
 
 
-# MLM with ZeRO-2 runs in tests/test_registry.py (tracked, exported, registered, promoted).
-@pytest.mark.parametrize(("kind", "zero_stage"), [("causal", 2), ("causal", 3), ("mlm", 3)])
+# Causal ZeRO-2 is the uninterrupted reference run below; causal ZeRO-3 checkpoints and resumes
+# in test_local_process_resume_zero3; MLM ZeRO-2 runs tracked in tests/test_registry.py.
+@pytest.mark.parametrize(("kind", "zero_stage"), [("causal", 2), ("mlm", 3)])
 def test_two_workers_train_checkpoint_and_export(kind, zero_stage, dataset, tmp_path,
-                                                 ray_instance):  # fmt: skip
-    make = _causal if kind == "causal" else _mlm
-    config = make(dataset, tmp_path, zero_stage=zero_stage, name=f"{kind}-z{zero_stage}")
-    result = launch(config)
+                                                 ray_instance, request):  # fmt: skip
+    if kind == "causal":
+        config, result = request.getfixturevalue("uninterrupted")
+    else:
+        config = _mlm(dataset, tmp_path, zero_stage=zero_stage, name=f"{kind}-z{zero_stage}")
+        result = launch(config)
     history = read_metrics(result.run_dir)
     initial = next(m for m in history if m["step"] == 0)["val/loss"]
     final = result.metrics["val/loss"]
@@ -116,14 +142,11 @@ def _last_per_step(path: Path) -> dict[int, dict]:
     return out
 
 
-def test_killed_worker_resumes_exactly(dataset, tmp_path, ray_instance):
+def test_killed_worker_resumes_exactly(dataset, tmp_path, ray_instance, uninterrupted):
     """SIGKILL one worker mid-run: Ray Train restarts the group from the last checkpoint and the
     run finishes with the same losses and the same data, step for step, as an unkilled run."""
-    config = _causal(dataset, tmp_path, max_steps=16, checkpoint_every=4, eval_every=8,
-                     trace=True, max_failures=1)  # fmt: skip
-    launch(replace(config, name="uninterrupted"))
-
-    killed = replace(config, name="killed")
+    _, ref_result = uninterrupted
+    killed = replace(_killable(dataset, tmp_path), name="killed")
     trace_file = tmp_path / "killed" / "trace" / "rank1.jsonl"
     victims: list[int] = []
 
@@ -155,7 +178,7 @@ def test_killed_worker_resumes_exactly(dataset, tmp_path, ray_instance):
         second = [x["step"] for x in lines if x["pid"] == pids[-1]]
         # resumed right after the last checkpoint (every 4 steps) the first attempt completed
         assert second[0] in (5, 9) and second[0] <= max(first) + 1 and second[-1] == 16
-        ref = _last_per_step(tmp_path / "uninterrupted" / "trace" / f"rank{rank}.jsonl")
+        ref = _last_per_step(Path(ref_result.run_dir) / "trace" / f"rank{rank}.jsonl")
         got = _last_per_step(path)
         assert sorted(got) == sorted(ref) == list(range(1, 17))
         for step in ref:  # same data, nothing consumed twice or skipped; same losses

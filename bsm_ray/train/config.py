@@ -71,6 +71,12 @@ class TrainConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     zero_stage: int = 2
     """DeepSpeed ZeRO stage 0-3."""
+    attention: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    """auto: flash_attention_2 when flash-attn and a GPU are there, else SDPA."""
+    fused_adamw: bool | None = None
+    """torch's fused AdamW kernel; None: on CUDA."""
+    compile: bool = False
+    """torch.compile the model (DeepSpeed `engine.compile()`)."""
     seed: int = 0
     num_workers: int = 2
     """Ray Train workers; 0 runs the loop in this process without Ray."""

@@ -130,7 +130,6 @@ def _load_rank_table(path: str | None) -> np.ndarray:
 
 def _batch_tensors(config, windows, rows, masker, step, device):
     """Tensors for one micro-batch of (source, row) pairs."""
-    import torch
 
     ids = np.stack([windows[s].input_ids[r] for s, r in rows])
     mask = np.stack([windows[s].attention_mask[r] for s, r in rows])
@@ -142,10 +141,21 @@ def _batch_tensors(config, windows, rows, masker, step, device):
         input_ids = ids.astype(np.int64)
         labels = np.where(mask > 0, input_ids, -100)
     return {
-        "input_ids": torch.from_numpy(np.ascontiguousarray(input_ids)).to(device),
-        "attention_mask": torch.from_numpy(mask.astype(np.int64)).to(device),
-        "labels": torch.from_numpy(np.ascontiguousarray(labels)).to(device),
+        "input_ids": to_device(np.ascontiguousarray(input_ids), device),
+        "attention_mask": to_device(mask.astype(np.int64), device),
+        "labels": to_device(np.ascontiguousarray(labels), device),
     }
+
+
+def to_device(array: np.ndarray, device):
+    """A numpy batch as a tensor on `device`; on CUDA through pinned memory, copied without
+    blocking the host (the copy is ordered before the kernels that use it)."""
+    import torch
+
+    t = torch.from_numpy(array)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _num_targets(batch, objective: str) -> int:
@@ -163,6 +173,19 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def _reduce_step(loss, tokens: int, device) -> tuple[float, float]:
+    """(sum of the ranks' mean losses, total tokens) with one all-reduce and one host sync."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.stack([loss.to(torch.float64), torch.tensor(float(tokens), dtype=torch.float64,
+                                                          device=loss.device)])  # fmt: skip
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    loss_total, tokens_total = t.tolist()
+    return loss_total, tokens_total
 
 
 def evaluate(engine, config, ctx, val_windows, masker, step, device) -> dict[str, float]:
@@ -203,15 +226,20 @@ def evaluate(engine, config, ctx, val_windows, masker, step, device) -> dict[str
     return metrics
 
 
-def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
-    """Train; return the final metrics (val/loss, train/loss, step, checkpoint path)."""
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if config.use_gpu else "cpu")
+def build_engine(config: TrainConfig, world_size: int, device):
+    """The model (fresh from its preset, or `init_from`), AdamW and the DeepSpeed engine, with
+    the fast path where the device has it: bf16 and fused AdamW on CUDA, flash-attn or SDPA
+    (`config.attention` overrides), `torch.compile` when `config.compile`.
+    Returns (engine, attention implementation, why)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if device.type == "cuda" else "cpu")
     import deepspeed
     import torch
 
-    device = ctx.device()
     preset = get_preset(config.model)
-    attn, attn_reason = choose_attention(preset, device.type)
+    if config.attention == "auto":
+        attn, attn_reason = choose_attention(preset, device.type)
+    else:
+        attn, attn_reason = config.attention, "set by the config"
     use_bf16 = device.type == "cuda"
     if config.init_from:
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
@@ -220,14 +248,41 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
         model = cls.from_pretrained(config.init_from, attn_implementation=attn)
     else:
         model = build_model(preset, attn, seed=config.seed)
+    fused = config.fused_adamw if config.fused_adamw is not None else device.type == "cuda"
+    if fused:
+        model = model.to(device)  # fused AdamW wants its parameters on the device
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.schedule.start_lr, betas=tuple(config.optim.betas),
-        eps=config.optim.eps, weight_decay=config.optim.weight_decay,
+        eps=config.optim.eps, weight_decay=config.optim.weight_decay, fused=fused,
     )  # fmt: skip
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer,
-        config=deepspeed_config(config, ctx.world_size, use_bf16),
+        config=deepspeed_config(config, world_size, use_bf16),
     )  # fmt: skip
+    if config.compile:
+        engine.compile()
+    return engine, attn, attn_reason
+
+
+def optimizer_step(engine, micro_batches: list[dict]):
+    """One optimizer step over the micro-batches (DeepSpeed accumulates and steps at the last
+    one). Returns the mean micro-batch loss as a device tensor: no host sync in here."""
+    total = None
+    for batch in micro_batches:
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        engine.step()
+        total = loss.detach() if total is None else total + loss.detach()
+    return total / len(micro_batches)
+
+
+def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
+    """Train; return the final metrics (val/loss, train/loss, step, checkpoint path)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if config.use_gpu else "cpu")
+
+    device = ctx.device()
+    preset = get_preset(config.model)
+    engine, attn, attn_reason = build_engine(config, ctx.world_size, device)
     install_safe_loader(engine)
     global_rows, accum = config.batch_layout(ctx.world_size)
     per_rank = global_rows // ctx.world_size
@@ -280,16 +335,13 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
         for source, _ in rows:
             tokens_by_source[source] += config.row_len
         mine = rows[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
-        loss_sum, tokens = 0.0, 0
+        micro_batches, tokens = [], 0
         for m in range(accum):
             micro = mine[m * config.micro_batch_rows : (m + 1) * config.micro_batch_rows]
-            batch = _batch_tensors(config, train_windows, micro, masker, step, device)
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            engine.step()
-            loss_sum += float(loss.detach())
-            tokens += int(batch["attention_mask"].sum())
-        loss_total, tokens_total = _all_reduce_sum([loss_sum / accum, tokens], device)
+            micro_batches.append(_batch_tensors(config, train_windows, micro, masker, step, device))
+            tokens += int(sum(train_windows[s].attention_mask[r].sum() for s, r in micro))
+        loss = optimizer_step(engine, micro_batches)
+        loss_total, tokens_total = _reduce_step(loss, tokens, device)  # the step's one host sync
         now = time.perf_counter()
         elapsed, t0 = now - t0, now
         step += 1
