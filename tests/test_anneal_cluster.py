@@ -1,5 +1,6 @@
-"""The main job on a real Ray cluster: `ray start --head`, `ray job submit` of
-jobs/anneal_mix.py, the driver stopped mid-sweep, `--resume` finishing it without re-running
+"""The main job on a real two-node Ray cluster: `ray start --head` plus a second
+`ray start --address` node with its own resources, `ray job submit` of jobs/anneal_mix.py with
+trials on both nodes, the driver stopped mid-sweep, `--resume` finishing it without re-running
 a finished trial, and the MLflow store holding the parent run and one child run per trial.
 
 This module starts its own cluster, so it runs last (conftest orders `cluster` tests after the
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +29,9 @@ from bsm_ray.tune.sweep import finished_metrics
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 ROOT = Path(__file__).resolve().parents[1]
+# Two nodes on one machine: each would size its object store at 30% of RAM by default, and
+# two of those leave too little memory for the job (torch's libraries then fail to load).
+OBJECT_STORE = 1 << 30
 BIN = Path(sys.executable).parent
 
 
@@ -69,26 +75,59 @@ def _wait_status(address: str, job_id: str, env: dict, timeout: float = 600) -> 
     raise AssertionError(f"job {job_id} still {status} after {timeout} s")
 
 
+def _json(*args: str, env: dict):
+    return json.loads(_ray(*args, "--format", "json", env=env).stdout)
+
+
+def _train_worker_nodes(address: str, env: dict) -> set[str]:
+    """Node ids of the alive Ray Train workers (the state API through the CLI)."""
+    p = _ray("list", "actors", "--address", address, "--filter", "state=ALIVE", "--format",
+             "json", "--detail", "--limit", "1000", env=env, check=False)  # fmt: skip
+    if p.returncode != 0 or not p.stdout.lstrip().startswith("["):  # "No resource in ..."
+        return set()
+    return {a["node_id"] for a in json.loads(p.stdout) if "RayTrainWorker" in a["class_name"]}
+
+
 @pytest.fixture
 def cluster(tmp_path):
     import ray
 
     ray.shutdown()  # the session's in-process instance, if a test started it
     gcs, dash = _free_port(), _free_port()
+    node2_tmp = tempfile.mkdtemp(prefix="ray2-", dir="/tmp")  # short: socket paths are capped
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     env["RAY_AUTH_MODE"] = "token"  # the job client must use the cluster's token (~/.ray)
     _ray("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "4",
-         "--include-dashboard", "true", "--disable-usage-stats", env=env)  # fmt: skip
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+         "--object-store-memory", str(OBJECT_STORE), "--include-dashboard", "true",
+         "--disable-usage-stats", env=env)  # fmt: skip
     try:
-        yield f"http://127.0.0.1:{dash}", env
+        # A second node with its own resources (here on the same machine) and its own temp
+        # dir: sharing the head's, its runtime-env agent garbage-collected the job's working
+        # directory (which it does not reference) under the running driver.
+        _ray("start", "--address", f"127.0.0.1:{gcs}", "--node-ip-address", "127.0.0.1",
+             "--num-cpus", "2", "--object-store-memory", str(OBJECT_STORE),
+             "--temp-dir", node2_tmp, "--disable-usage-stats", env=env)  # fmt: skip
+        address = f"http://127.0.0.1:{dash}"
+        deadline = time.time() + 60
+        while True:
+            nodes = _json("list", "nodes", "--address", address, env=env)
+            alive = [n for n in nodes if n["state"] == "ALIVE"]
+            if len(alive) == 2:
+                break
+            assert time.time() < deadline, nodes
+            time.sleep(1)
+        head = next(n["node_id"] for n in alive if n["is_head_node"])
+        second = next(n["node_id"] for n in alive if not n["is_head_node"])
+        yield address, env, head, second
     finally:
         _ray("stop", "--force", env=env, check=False)
+        shutil.rmtree(node2_tmp, ignore_errors=True)
 
 
-def test_anneal_job_submit_stop_and_resume(cluster, tmp_path):
-    address, env = cluster
+def test_anneal_on_two_nodes_job_stopped_and_resumed(cluster, tmp_path):
+    address, env, head, second = cluster
     data = tmp_path / "sample"
     prepare_dataset(PrepareConfig(output_dir=str(data), progress=False))
     storage = tmp_path / "runs"
@@ -107,14 +146,18 @@ def test_anneal_job_submit_stop_and_resume(cluster, tmp_path):
 
     submit("anneal-1")
     trials = storage / "sweep" / "trials"
-    deadline = time.time() + 420
+    deadline = time.time() + 480
+    seen: set[str] = set()
+    # Trials run on both nodes (the state API shows where their Ray Train workers are).
     finished: list[Path] = []
-    while not finished:
+    while not finished or second not in seen:
         assert time.time() < deadline, _logs(address, "anneal-1", env)[-3000:]
         assert _status(address, "anneal-1", env) in ("RUNNING", "PENDING"), (
             _logs(address, "anneal-1", env)[-3000:])
+        seen |= _train_worker_nodes(address, env)
         finished = [d for d in trials.glob("*") if finished_metrics(d, 20) is not None]
         time.sleep(1)
+    assert {head, second} <= seen
     _ray("job", "stop", "--address", address, "anneal-1", env=env)
     assert _wait_status(address, "anneal-1", env) == "STOPPED"
     assert not (storage / "sweep" / "summary.json").exists()  # stopped mid-sweep
