@@ -37,6 +37,18 @@ def genbank_dir(bio_tests: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> str:
+    """A prepared sample dataset with a small synthetic genome, shared by the training tests
+    (read only)."""
+    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+
+    out = tmp_path_factory.mktemp("train-data") / "sample"
+    prepare_dataset(PrepareConfig(output_dir=str(out), progress=False,
+                                  sample_synthetic_genome_bp=150_000))  # fmt: skip
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def ray_instance():
     """One local Ray instance for the whole session (starting one costs ~15 s here).
 

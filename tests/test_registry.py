@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from bsm_ray.cli import run_job
-from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
 from bsm_ray.eval.perplexity import PerplexityConfig, metrics_from_sums
 from bsm_ray.eval.promotion import Gate, PromoteConfig, decide, promote
 from bsm_ray.tracking.config import TrackingConfig
@@ -79,14 +78,6 @@ def test_registered_names():
 
 
 # ----------------------------------------------------------------------------- the real run
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("registry-data") / "sample"
-    prepare_dataset(PrepareConfig(output_dir=str(out), progress=False,
-                                  sample_synthetic_genome_bp=150_000))  # fmt: skip
-    return str(out)
 
 
 def _job(name: str):

@@ -16,21 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
 from bsm_ray.tracking.config import TrackingConfig
 from bsm_ray.train.config import DataConfig, MaskingConfig, TrainConfig
 from bsm_ray.train.context import build_windows, read_metrics
 from bsm_ray.train.launcher import launch
 from bsm_ray.train.schedules import ScheduleConfig
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("train-data") / "sample"
-    prepare_dataset(PrepareConfig(output_dir=str(out), progress=False,
-                                  sample_synthetic_genome_bp=150_000))  # fmt: skip
-    return str(out)
-
 
 # MLflow tracking (on by default) has its own tests against a real server (test_registry.py);
 # these runs test training, so they leave the tracking store alone.

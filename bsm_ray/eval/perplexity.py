@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -146,15 +145,3 @@ def evaluate_path(model_dir: str | Path, cfg: PerplexityConfig, device=None) -> 
 
     return evaluate_model(load_hf(model_dir), cfg, device)
 
-
-def format_metrics(results: dict[str, Any], keys: list[str]) -> str:
-    """A small table: one row per metric key, one column per named result."""
-    names = list(results)
-    lines = [f"{'metric':<28}" + "".join(f"{n:>14}" for n in names)]
-    for key in keys:
-        cells = []
-        for n in names:
-            v = results[n].get(key)
-            cells.append(f"{v:>14.4f}" if v is not None else f"{'-':>14}")
-        lines.append(f"{key:<28}" + "".join(cells))
-    return "\n".join(lines)

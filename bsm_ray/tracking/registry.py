@@ -22,7 +22,6 @@ sha256 of the starting weights, so lineage holds however those weights were fetc
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,10 +170,7 @@ def set_alias(tracking: TrackingConfig, name: str, alias: str, version: str) -> 
 
 
 def lineage_tags(config: Any, round_number: int | None) -> dict[str, str]:
-    """Version tags from a TrainConfig (mix, round, the run's lineage tags)."""
+    """Version tags from a TrainConfig: the run's lineage tags (mix included) and the round."""
     from bsm_ray.tracking.tags import run_tags
 
-    tags = dict(run_tags(config))
-    tags["bsm_ray.round"] = str(round_number) if round_number else "none"
-    tags["bsm_ray.mix"] = json.dumps(dict(config.data.mix), sort_keys=True)
-    return tags
+    return {**run_tags(config), "bsm_ray.round": str(round_number) if round_number else "none"}

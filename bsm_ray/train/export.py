@@ -153,11 +153,10 @@ def find_model_dir(path: str | Path) -> Path:
 
     if (p / TRAINER_STATE).is_file():
         return export_checkpoint(p)
-    checkpoints = sorted(p.glob("checkpoints/checkpoint_*")) + sorted(p.glob("checkpoint_*"))
-    checkpoints = [c for c in checkpoints if (c / TRAINER_STATE).is_file()]
-    if checkpoints:
-        newest = max(checkpoints, key=lambda c: json.loads((c / TRAINER_STATE).read_text())
-                     .get("step", 0))  # fmt: skip
-        return find_model_dir(newest)
+    checkpoints = sorted(p.glob("checkpoint*")) + sorted(p.glob("checkpoints/checkpoint_*"))
+    checkpoints = [c for c in checkpoints if (c / "final_model" / "config.json").is_file()
+                   or (c / TRAINER_STATE).is_file()]  # fmt: skip
+    if checkpoints:  # the newest (Ray Train names them by time, the local loop by step)
+        return find_model_dir(checkpoints[-1])
     raise BsmRayError(f"{path}: no model there (expected a Hugging Face model folder, a "
                       f"checkpoint, or a run folder with checkpoints)")  # fmt: skip

@@ -109,17 +109,12 @@ def resolve_base(config: AnnealConfig, sweep_dir: Path) -> Path:
         from bsm_ray.tracking.runs import download_model
 
         path = str(download_model(config.tracking, path, sweep_dir / "base_download"))
-    p = Path(path).expanduser().resolve()
-    for candidate in (p, p / "final_model"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    found = sorted(p.glob("checkpoint*/final_model")) + sorted(p.glob("checkpoints/*/final_model"))
-    if found:
-        return found[-1]
-    raise ConfigError(
-        f"base.path {path}: no model there (expected a Hugging Face model folder with "
-        f"config.json, a checkpoint with final_model/, or a run folder)"
-    )
+    from bsm_ray.train.export import find_model_dir
+
+    try:
+        return find_model_dir(path)
+    except BsmRayError as exc:
+        raise ConfigError(f"base.path {exc}") from exc
 
 
 def _train_base(config: AnnealConfig, sweep_dir: Path) -> Path:
