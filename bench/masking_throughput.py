@@ -7,21 +7,22 @@
 What it measures:
 
 1. Masking throughput of the three strategies of `bsm_ray.data.masking` (DNABERT random spans,
-   GeneMask, Global PMI masking), side by side: the vectorized library functions against a
+   GeneMask, Global PMI masking), side by side: the library functions (a compiled numba row
+   kernel; the first call, which compiles or loads it from the cache, is timed apart) against a
    straightforward per-position Python-loop implementation of the same rules, written here
    (`loop_dnabert`, `loop_genemask`, `loop_global`: plain loops over rows and positions). Both
    draw their random numbers from the library's `uniforms(...)` arrays, so they make identical
-   decisions; the benchmark checks that the loop and the vectorized version produce identical
+   decisions; the benchmark checks that the loop and the library produce identical
    masked positions (labels != -100), labels and masked input ids on the rows the loop measured
-   (and that the vectorized rows do not depend on the batch they sit in), prints
+   (and that the library's rows do not depend on the batch they sit in), prints
    "identical: yes/no" per strategy and exits with status 1 if any is "no" (a correctness check,
    not a timing one). Input: rows of 506 random-DNA 6-mer tokens (511-nt pieces through
-   `KmerTokenizer(6).encode_batch`, 512 positions); the vectorized version masks `--mask-batches`
+   `KmerTokenizer(6).encode_batch`, 512 positions); the library masks `--mask-batches`
    batches of `--batch` (1024) rows per timed run, the loop `--loop-rows` rows (it is slow).
    Tokens are the real k-mer tokens (506 per row). The rank table is the real NPMI table of the
    sample corpus (`sample_inputs()["pmi_fasta"]` counted with `count_fasta`,
    `npmi_from_counts(min_count=20)`, `rank_kmers`, `rank_table`). Goal figures (the issue):
-   vectorized GeneMask and Global each >= 50x the loop and >= 20M tokens/s on one core; whether
+   the library's GeneMask and Global each >= 50x the loop and >= 20M tokens/s on one core; whether
    each is met is printed, never enforced.
 2. The masked fraction of each strategy over `--fraction-rows` (10,000) rows (expected about
    13.9% DNABERT, 15.3% GeneMask, 12.1% Global).
@@ -97,14 +98,14 @@ QUICK = {
 DEFAULTS = {
     "genome_mbp": 50.0,
     "mask_batches": 8,
-    "loop_rows": 64,
+    "loop_rows": 256,
     "fraction_rows": 10_000,
 }
 
 # (stage name, what it is); run in this order. "generate" is handled apart (not measured).
 STAGES: tuple[tuple[str, str], ...] = (
     ("baseline", "baseline: imports only"),
-    ("masking", "masking: vectorized vs Python loop"),
+    ("masking", "masking: bsm_ray vs Python loop"),
     ("mask_fraction", "masked fraction"),
     ("count_kmers", "count_fasta k=1..6"),
     ("build_pmi", "build_pmi_table (end to end)"),
@@ -352,7 +353,7 @@ def _edge_rows(seed: int, rows: int):
     return enc["input_ids"], enc["attention_mask"]
 
 
-def _vectorized(strategy: str, rank_table):
+def _library(strategy: str, rank_table):
     from bsm_ray.data.masking import dnabert_mask, genemask_mask, global_mask
 
     if strategy == "dnabert":
@@ -393,7 +394,7 @@ def stage_masking(s: dict) -> dict:
 
     results = {}
     for strategy in STRATEGIES:
-        vec = _vectorized(strategy, rank_table)
+        vec = _library(strategy, rank_table)
         loop = _looped(strategy, rank_table)
 
         def run_vec(vec=vec):
@@ -403,6 +404,9 @@ def stage_masking(s: dict) -> dict:
                 first = out if first is None else first
             return first  # the first batch's output, for the batch-independence check
 
+        t0 = time.perf_counter()  # compiles the kernel, or loads it from numba's disk cache
+        vec(loop_ids[:1], loop_att[:1], loop_sid[:1])
+        first_call_s = time.perf_counter() - t0
         vec_times, big = timed(run_vec, s["repeats"], s["warmup"])
         loop_times, (loop_ids_out, loop_labels) = timed(
             lambda loop=loop: loop(loop_ids, loop_att, loop_sid), s["repeats"], s["warmup"]
@@ -425,7 +429,7 @@ def stage_masking(s: dict) -> dict:
         )
         vec_s, loop_s = statistics.median(vec_times), statistics.median(loop_times)
         results[strategy] = {
-            "vectorized": {
+            "library": {
                 "rows": batch * n_batches,
                 "batches": n_batches,
                 "batch": batch,
@@ -433,6 +437,7 @@ def stage_masking(s: dict) -> dict:
                 "times": vec_times,
                 "seconds": vec_s,
                 "tokens_per_s": vec_tokens / vec_s,
+                "first_call_s": first_call_s,
             },
             "loop": {
                 "rows": loop_rows,
@@ -446,7 +451,7 @@ def stage_masking(s: dict) -> dict:
             "same_masked_positions": same_positions,
             "same_labels": same_labels,
             "same_input_ids": same_ids,
-            "vectorized_independent_of_batch": batch_free,
+            "library_independent_of_batch": batch_free,
             "edge_rows_same": edge_same,
             "identical": same_positions and same_labels and same_ids and batch_free and edge_same,
             "masked_in_checked_rows": int(small.masked.sum()),
@@ -481,7 +486,7 @@ def stage_mask_fraction(s: dict) -> dict:
         sid = np.arange(start, start + n, dtype=np.int64)
         eligible += int(eligible_positions(ids, att).sum())
         for st in STRATEGIES:
-            counts[st] += int(_vectorized(st, rank_table)(ids, att, sid).masked.sum())
+            counts[st] += int(_library(st, rank_table)(ids, att, sid).masked.sum())
     return {
         "amount": None,
         "unit": None,
@@ -584,23 +589,27 @@ def format_masking(strategies: dict) -> str:
     lines = []
     for st in STRATEGIES:
         r = strategies[st]
-        for impl, label in (("vectorized", "vectorized (bsm_ray)"), ("loop", "Python loop")):
+        for impl, label in (("library", "bsm_ray (compiled)"), ("loop", "Python loop")):
             m = r[impl]
             rows = (
-                f"{m['batches']} x {m['batch']:,d}" if impl == "vectorized" else f"{m['rows']:,d}"
+                f"{m['batches']} x {m['batch']:,d}" if impl == "library" else f"{m['rows']:,d}"
             )
             lines.append(
                 [
-                    st if impl == "vectorized" else "",
+                    st if impl == "library" else "",
                     label,
                     rows,
                     f"{m['tokens']:,d}",
                     f"{m['seconds']:.4f}",
                     _rate(m["tokens_per_s"]),
-                    f"{r['speedup']:,.0f}x" if impl == "vectorized" else "",
+                    f"{r['speedup']:,.0f}x" if impl == "library" else "",
                 ]
             )
-    return format_columns(header, lines, right={2, 3, 4, 5, 6})
+    first = ", ".join(
+        f"{st} {strategies[st]['library']['first_call_s']:.2f} s" for st in STRATEGIES
+    )
+    table = format_columns(header, lines, right={2, 3, 4, 5, 6})
+    return f"{table}\nfirst call of each kernel (compile, or load from numba's cache): {first}"
 
 
 def format_fractions(fractions: dict) -> str:
@@ -623,7 +632,7 @@ def _goals(strategies: dict) -> dict:
     goals = {}
     for st in GOAL_STRATEGIES:
         r = strategies[st]
-        fast = r["vectorized"]["tokens_per_s"] >= GOAL_TOKENS_PER_S
+        fast = r["library"]["tokens_per_s"] >= GOAL_TOKENS_PER_S
         ahead = r["speedup"] >= GOAL_SPEEDUP
         goals[st] = {"speedup_met": ahead, "tokens_per_s_met": fast, "met": ahead and fast}
     return goals
@@ -631,7 +640,7 @@ def _goals(strategies: dict) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="MLM masking (vectorized vs Python loop) and k-mer counting throughput."
+        description="MLM masking (bsm_ray vs Python loop) and k-mer counting throughput."
     )
     p.add_argument(
         "--genome-mbp",
@@ -646,12 +655,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder for the genome (shared with ingest_throughput.py) and the JSON result",
     )
     p.add_argument("--seed", type=int, default=0, help="genome seed (and random-row seed)")
-    p.add_argument("--batch", type=int, default=1024, help="rows per vectorized masking batch")
+    p.add_argument("--batch", type=int, default=1024, help="rows per library masking batch")
     p.add_argument(
         "--mask-batches",
         type=int,
         default=None,
-        help=f"batches per timed vectorized run (default {DEFAULTS['mask_batches']}, "
+        help=f"batches per timed library run (default {DEFAULTS['mask_batches']}, "
         f"{QUICK['mask_batches']} quick)",
     )
     p.add_argument(
@@ -791,12 +800,12 @@ def main(argv: list[str] | None = None) -> dict:
                     ("masked positions", "same_masked_positions"),
                     ("labels", "same_labels"),
                     ("input ids", "same_input_ids"),
-                    ("vs. full batch", "vectorized_independent_of_batch"),
+                    ("vs. full batch", "library_independent_of_batch"),
                     (f"{s['checked_rows']} varied-length rows", "edge_rows_same"),
                 )
             )
             print(
-                f"{st:<8}  identical: {identical[st]}  (loop vs vectorized on the "
+                f"{st:<8}  identical: {identical[st]}  (loop vs bsm_ray on the "
                 f"{s['checked_rows']} measured rows, {s['masked_in_checked_rows']:,d} masked: "
                 f"{detail})"
             )
@@ -806,14 +815,14 @@ def main(argv: list[str] | None = None) -> dict:
                 f"goal {st:<8}  >= {GOAL_SPEEDUP:g}x loop: {'yes' if g['speedup_met'] else 'no'} "
                 f"({s['speedup']:,.0f}x); >= {GOAL_TOKENS_PER_S / 1e6:g}M tokens/s on one core: "
                 f"{'yes' if g['tokens_per_s_met'] else 'no'} "
-                f"({s['vectorized']['tokens_per_s'] / 1e6:,.1f}M) -> "
+                f"({s['library']['tokens_per_s'] / 1e6:,.1f}M) -> "
                 f"{'met' if g['met'] else 'NOT met'}"
             )
         report["masking"] = {"strategies": strategies, "goals": goals}
     if "mask_fraction" in results:
         fractions = results["mask_fraction"]["fractions"]
         print()
-        print("masked fraction (vectorized, masked / real k-mer tokens) on one core:")
+        print("masked fraction (bsm_ray, masked / real k-mer tokens) on one core:")
         print(format_fractions(fractions))
         report["mask_fraction"] = fractions
     report["identical"] = identical
@@ -888,7 +897,7 @@ def main(argv: list[str] | None = None) -> dict:
     different = [st for st, same in identical.items() if same != "yes"]
     if different:
         print(
-            f"ERROR: the Python loop and the vectorized masking differ for {', '.join(different)}",
+            f"ERROR: the Python loop and the library's masking differ for {', '.join(different)}",
             file=sys.stderr,
         )
         raise SystemExit(1)

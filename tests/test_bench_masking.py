@@ -1,8 +1,8 @@
 """The masking benchmark runs end to end (--quick) and its correctness check passes.
 
 Timing figures are printed, never asserted. What is asserted: every stage ran, and for each
-masking strategy the per-position Python loop and the vectorized library masked exactly the same
-positions ("identical: yes"; the benchmark exits non-zero otherwise).
+masking strategy the per-position Python loop and the library (compiled kernel) masked exactly
+the same positions ("identical: yes"; the benchmark exits non-zero otherwise).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_masking_benchmark_quick(tmp_path):
     strategies = report["masking"]["strategies"]
     for st in STRATEGIES:
         assert strategies[st]["same_masked_positions"], st
-        assert strategies[st]["vectorized"]["tokens_per_s"] > 0
+        assert strategies[st]["library"]["tokens_per_s"] > 0
         assert strategies[st]["loop"]["tokens_per_s"] > 0
         assert 0 < report["mask_fraction"][st]["fraction"] < 1
         assert f"{st:<8}  identical: yes" in proc.stdout

@@ -122,7 +122,7 @@ def test_bernoulli_arrivals_are_bernoulli(random_rows):
 
 
 @pytest.mark.parametrize("strategy", ["dnabert", "genemask", "global"])
-def test_vectorized_equals_reference_loop(strategy, random_rows, real_ranks):
+def test_kernel_equals_reference_loop(strategy, random_rows, real_ranks):
     ids, am, sid = random_rows
     rng = np.random.default_rng(5)
     # variable lengths with padding: cut rows short and pad them
@@ -222,3 +222,26 @@ def test_unknown_strategy_and_missing_table():
         apply_mask("bert", ids, am, 0, np.array([0]), 0)
     with pytest.raises(ValueError, match="needs an NPMI rank table"):
         apply_mask("global", ids, am, 0, np.array([0]), 0)
+    with pytest.raises(ValueError, match="outside the rank table"):
+        apply_mask("genemask", np.array([[CLS_ID, 5, 9000, SEP_ID]]), am, 0, np.array([0]), 0,
+                   np.zeros(4101, dtype=np.int32))  # fmt: skip
+
+
+def test_kernel_keeps_the_id_type_and_draws_k_like_the_specification(random_rows, real_ranks):
+    """int32 in, int32 out (the tokenizer's type), same values as int64 in; Global's k per row
+    is the count `global_k` (the numpy definition of the draws) gives."""
+    from bsm_ray.data.masking import global_k
+
+    ids, am, sid = random_rows
+    ids, am, sid = ids[:256], am[:256], sid[:256]
+    assert ids.dtype == np.int32
+    for strategy in ("dnabert", "genemask", "global"):
+        narrow = apply_mask(strategy, ids, am, 2, sid, 5, real_ranks)
+        wide = apply_mask(strategy, ids.astype(np.int64), am.astype(np.int64), 2, sid, 5,
+                          real_ranks)  # fmt: skip
+        assert narrow.input_ids.dtype == narrow.labels.dtype == np.int32
+        assert wide.input_ids.dtype == wide.labels.dtype == np.int64
+        assert np.array_equal(narrow.input_ids, wide.input_ids)
+        assert np.array_equal(narrow.labels, wide.labels)
+    _, k = global_mask(ids, am, real_ranks, 2, sid, 5, return_k=True)
+    assert np.array_equal(k, global_k(eligible_positions(ids, am), 2, sid, 5))

@@ -138,24 +138,27 @@ def _batch_tensors(config, windows, rows, masker, step, device):
         masked = masker(ids, mask, row_ids, step)
         input_ids, labels = masked.input_ids, masked.labels
     else:
-        input_ids = ids.astype(np.int64)
-        labels = np.where(mask > 0, input_ids, -100)
+        input_ids = ids  # widened to int64 on the device (to_device)
+        labels = np.where(mask > 0, ids, -100)
     return {
         "input_ids": to_device(np.ascontiguousarray(input_ids), device),
-        "attention_mask": to_device(mask.astype(np.int64), device),
+        "attention_mask": to_device(np.ascontiguousarray(mask), device),
         "labels": to_device(np.ascontiguousarray(labels), device),
     }
 
 
 def to_device(array: np.ndarray, device):
-    """A numpy batch as a tensor on `device`; on CUDA through pinned memory, copied without
-    blocking the host (the copy is ordered before the kernels that use it)."""
+    """A numpy batch as an int64 tensor on `device`. It travels in its own (narrower) type and
+    is widened on the device; on CUDA through pinned memory, copied without blocking the host
+    (the copy is ordered before the kernels that use it)."""
     import torch
 
     t = torch.from_numpy(array)
     if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+        t = t.pin_memory().to(device, non_blocking=True)
+    else:
+        t = t.to(device)
+    return t.long()
 
 
 def _num_targets(batch, objective: str) -> int:
