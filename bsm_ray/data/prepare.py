@@ -195,7 +195,7 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
             stats=dict(ctx.stats),
         )
         write_manifest(staging, manifest)
-        _publish(staging, final)
+        publish_dataset(staging, final)
     except BaseException:
         bar.close()
         shutil.rmtree(staging, ignore_errors=True)
@@ -214,7 +214,7 @@ def _guard(kind: str, ledger: Ledger, rows):
         ledger.invalid(kind, exc)
 
 
-def _publish(staging: Path, final: Path) -> None:
+def publish_dataset(staging: Path, final: Path) -> None:
     """Swap the staging directory into place; the old dataset is removed only afterwards."""
     old = None
     if final.exists():
