@@ -28,7 +28,7 @@ sample: $(STAMP)
 	$(PY) jobs/anneal_mix.py --overwrite
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: $(STAMP)
 	$(PY) bench/ingest_throughput.py

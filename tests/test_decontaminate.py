@@ -74,7 +74,7 @@ def test_bad_eval_files_are_clear_errors(dataset, tmp_path):
     (tmp_path / "labels.csv").write_text("name,label\na,1\n")
     with pytest.raises(InputError, match="labels.csv: no_sequence_column"):
         decontaminate(DecontaminateConfig(dataset=dataset, output_dir=str(tmp_path / "o"),
-                                          eval_sets={"x": [str(tmp_path / "labels.csv")]}))  # fmt: skip
+                                          eval_sets={"x": [str(tmp_path / "labels.csv")]}))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "jobs" / "decontaminate.py"), "--set", f"dataset={dataset}",
          "--set", f"output_dir={tmp_path / 'o'}",

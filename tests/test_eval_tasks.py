@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -111,3 +112,101 @@ def test_few_shot_table_reports_every_k(chloroplast_task):
     assert results[0]["skipped"] == 0 and results[2]["skipped"] >= results[1]["skipped"]
     table = format_results(results)
     assert "win rate" in table and "protein_substitution" in table
+
+
+def test_mutation_fitness_scores_and_errors(tmp_path):
+    """Score = log p(mutant) - log p(wild type), computed directly; Spearman against fitness;
+    bad rows are errors naming file, line and reason, or counted with on_invalid=skip."""
+    import torch
+
+    from bsm_ray.errors import InputError
+    from bsm_ray.eval.fitness import FitnessConfig, apply_mutations, evaluate
+    from bsm_ray.models import build_model, get_preset
+    from bsm_ray.tokenizers.char import BsmCharTokenizer
+
+    wt = "MKTAYIAKQR"
+    assert apply_mutations(wt, "K2A:R10W") == "MATAYIAKQW"
+    csv_path = tmp_path / "dms.csv"
+    csv_path.write_text("mutant,DMS_score\nK2A,0.5\nT3P:Y5F,-1.0\nQ9E,2.0\nA4G,0.1\n")
+    model = build_model(get_preset("bsm-tiny"), seed=1).eval()
+    result = evaluate(model, FitnessConfig(variants_csv=str(csv_path), wild_type=wt))
+    tok = BsmCharTokenizer()
+
+    def logp(seq):
+        ids = tok.encode("<protein>" + seq)
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.from_numpy(ids[None].astype(np.int64))).logits[0],
+                                   dim=-1)  # fmt: skip
+        return sum(float(lp[t - 1, ids[t]]) for t in range(1, len(ids)))
+
+    for mutant, seq in [("K2A", "MATAYIAKQR"), ("T3P:Y5F", "MKPAFIAKQR"), ("Q9E", "MKTAYIAKER")]:
+        assert result["scores"][mutant] == pytest.approx(logp(seq) - logp(wt), abs=1e-4)
+    scores = [result["scores"][m] for m in ("K2A", "T3P:Y5F", "Q9E", "A4G")]
+    assert result["spearman"] == pytest.approx(spearman(scores, [0.5, -1.0, 2.0, 0.1]))
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("mutant,DMS_score\nK2A,0.5\nM1A,x\nK3A,1.0\nA40G,1.0\nA4J,0.0\nQ9E,1.5\n")
+    with pytest.raises(InputError, match=r"bad.csv: record line 3 \(M1A\): bad_fitness"):
+        evaluate(model, FitnessConfig(variants_csv=str(bad), wild_type=wt))
+    skipped = evaluate(model, FitnessConfig(variants_csv=str(bad), wild_type=wt,
+                                            on_invalid="skip"))  # fmt: skip
+    assert skipped["variants"] == 2
+    assert skipped["skipped"] == {"bad_fitness": 1, "wild_type_mismatch": 1,
+                                  "position_outside_wild_type": 1,
+                                  "letter_outside_alphabet": 1}  # fmt: skip
+
+
+def test_evaluate_job_runs_the_suite_and_logs_to_mlflow(dataset, chloroplast_task, tmp_path,
+                                                        capsys):
+    """jobs/evaluate.py on a saved model: every section, the tables printed, results.json and
+    the Central Dogma plot on disk and on an MLflow run (the suite's temporary store)."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    import mlflow
+    from bsm_ray.eval.central_dogma import write_task
+    from bsm_ray.models import build_model, get_preset
+    from bsm_ray.train.export import save_hf
+
+    root = Path(__file__).resolve().parents[1]
+    save_hf(build_model(get_preset("bsm-tiny"), seed=0), "bsm-tiny", tmp_path / "model")
+    rows, _ = chloroplast_task
+    short = [r for r in rows if len(r["dna"]) + len(r["protein"]) < 600]
+    write_task(short, tmp_path / "cd.parquet")
+    (tmp_path / "dms.csv").write_text("mutant,DMS_score\nK2A,0.5\nT3P,-1.0\nQ9E,2.0\n")
+    lines = ["sequence,label"] + [f"{'AC' * 20 if i % 2 else 'GT' * 20},{i % 2}" for i in range(40)]
+    (tmp_path / "cls.csv").write_text("\n".join(lines) + "\n")
+    config = {
+        "model": str(tmp_path / "model"), "name": "suite", "output_dir": str(tmp_path / "out"),
+        "perplexity": {"enabled": True, "config": {"dataset": dataset, "rows_per_source": 4}},
+        "central_dogma": {"enabled": True, "task": str(tmp_path / "cd.parquet"),
+                          "few_shot": {"shots": [0, 1], "max_context": 1400}},
+        "fitness": [{"name": "toy", "config": {"variants_csv": str(tmp_path / "dms.csv"),
+                                               "wild_type": "MKTAYIAKQR"}}],
+        "finetune": [{"name": "toy", "config": {"train_csv": str(tmp_path / "cls.csv"),
+                                                "test_csv": str(tmp_path / "cls.csv")}}],
+    }  # fmt: skip
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
+    # the job's own entry point, in this process (the CLI plumbing is shared by every job)
+    spec = importlib.util.spec_from_file_location("evaluate_job", root / "jobs" / "evaluate.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.run_job(job.main, job.EvaluateConfig, "evaluate",
+                       ["--config", str(tmp_path / "eval.yaml")]) == 0  # fmt: skip
+    stdout = capsys.readouterr().out
+    for section in ("== perplexity ==", "== central_dogma ==", "== fitness ==", "== finetune =="):
+        assert section in stdout
+    out = tmp_path / "out" / "suite"
+    report = json.loads((out / "results.json").read_text())
+    metrics = report["metrics"]
+    assert {"eval/ppl", "central_dogma/k0/win_rate", "central_dogma/k1/pairs",
+            "fitness/toy/spearman", "finetune/toy/test/mcc/mean"} <= set(metrics)  # fmt: skip
+    assert (out / "central_dogma.png").stat().st_size > 0
+    run_id = stdout.strip().rsplit("MLflow run ", 1)[1].rstrip(")")
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.data.metrics["eval/ppl"] == pytest.approx(metrics["eval/ppl"])
+    assert run.data.tags["bsm_ray.eval_model"] == str(tmp_path / "model")
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+    assert {"results.json", "tables.txt", "central_dogma.png"} <= names

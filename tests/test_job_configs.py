@@ -10,6 +10,7 @@ from bsm_ray.config import load_config
 from bsm_ray.data.pmi_build import PmiConfig
 from bsm_ray.data.prepare import PrepareConfig
 from bsm_ray.eval.promotion import PromoteConfig
+from bsm_ray.eval.suite import EvaluateConfig
 from bsm_ray.train.config import TrainConfig
 from bsm_ray.tune.config import AnnealConfig
 
@@ -24,6 +25,7 @@ CLASSES = {
     "mlm": TrainConfig,
     "anneal": AnnealConfig,
     "promote": PromoteConfig,
+    "evaluate": EvaluateConfig,
 }
 
 

@@ -116,8 +116,8 @@ def read_eval_sequences(path: str, columns: list[str]) -> list[str]:
         delimiter = "\t" if name.endswith((".tsv", ".txt")) else ","
         table = csv.read_csv(p, parse_options=csv.ParseOptions(delimiter=delimiter))
     else:
-        raise InputError(path, None, "unknown_format",
-                         f"use FASTA ({', '.join(FASTA_SUFFIXES)}), .csv/.tsv or .parquet")  # fmt: skip
+        formats = f"FASTA ({', '.join(FASTA_SUFFIXES)}), .csv/.tsv or .parquet"
+        raise InputError(path, None, "unknown_format", f"use {formats}")
     found = [c for c in columns if c in table.column_names]
     if not found:
         raise InputError(path, None, "no_sequence_column",

@@ -31,6 +31,7 @@ Imports torch lazily.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +114,7 @@ def build_task(cfg: CentralDogmaConfig) -> tuple[list[dict], Counter]:
     rows: list[dict] = []
     skipped: Counter = Counter()
     for path in cfg.genbank:
-        for record in iter_genbank(path):
+        for record in iter_genbank(os.path.expanduser(path)):
             seq = record.seq.upper()
             for index, feature in enumerate(f for f in record.features if f.type == "CDS"):
                 q = feature.qualifiers
@@ -298,9 +299,21 @@ def _summarize(k: int, scored: dict, skipped: int) -> dict:
     every = [w for ws in wins.values() for w in ws]
     out["pairs"] = len(every)
     out["win_rate"] = float(np.mean(every)) if every else float("nan")
+    out["win_p"] = sign_test_p(every)
     for kind, ws in sorted(wins.items()):
         out[f"win_rate/{kind}"] = float(np.mean(ws))
     return out
+
+
+def sign_test_p(wins: list[float]) -> float:
+    """One-sided sign test: the chance of at least this many wins if true and corrupted pairs
+    were ordered at random (ties left out)."""
+    from scipy.stats import binomtest
+
+    decided = [w for w in wins if w != 0.5]
+    if not decided:
+        return float("nan")
+    return float(binomtest(int(sum(decided)), len(decided), 0.5, alternative="greater").pvalue)
 
 
 def format_results(results: list[dict]) -> str:
@@ -308,15 +321,40 @@ def format_results(results: list[dict]) -> str:
     kinds = sorted({key.split("/", 1)[1] for r in results for key in r
                     if key.startswith("win_rate/")})  # fmt: skip
     header = ["k", "val", "test", "skipped", "threshold", "test acc", "test AUC", "pairs",
-              "win rate", *kinds]  # fmt: skip
+              "win rate", "sign p", *kinds]  # fmt: skip
     lines = ["  ".join(f"{h:>10s}" for h in header)]
     for r in results:
         cells = [str(r["k"]), str(r["val_examples"]), str(r["test_examples"]), str(r["skipped"]),
                  _num(r.get("threshold")), _num(r.get("test_accuracy")), _num(r.get("test_auc")),
-                 str(r["pairs"]), _num(r["win_rate"]),
+                 str(r["pairs"]), _num(r["win_rate"]), _num(r.get("win_p")),
                  *(_num(r.get(f"win_rate/{kd}")) for kd in kinds)]  # fmt: skip
         lines.append("  ".join(f"{c:>10s}" for c in cells))
     return "\n".join(lines)
+
+
+def plot_results(results: list[dict], path: str | Path) -> Path:
+    """Test accuracy, AUC and pairwise win rate by k (PNG, written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bsm_ray.fileio import atomic_path
+
+    ks = [r["k"] for r in results]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for key, label in (("test_accuracy", "test accuracy"), ("test_auc", "test AUC"),
+                       ("win_rate", "win rate (true > corrupted)")):  # fmt: skip
+        ax.plot(ks, [r.get(key, float("nan")) for r in results], marker="o", label=label)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="demonstrations k", ylabel="score", ylim=(0, 1), xticks=ks,
+           title="few-shot Central Dogma")  # fmt: skip
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return Path(path)
 
 
 def _num(x) -> str:

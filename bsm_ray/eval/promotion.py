@@ -176,22 +176,16 @@ def _evaluate_version(config: PromoteConfig, version: str, workdir: Path) -> dic
 
 def _log_eval_run(config: PromoteConfig, version: str, metrics: dict[str, float],
                   files: list[Path]) -> str:
-    from mlflow.entities import Metric
-
     from bsm_ray.tracking.registry import set_version_tags
-    from bsm_ray.tracking.runs import client, create_run
+    from bsm_ray.tracking.runs import log_finished_run
 
-    run_id = create_run(config.tracking, f"eval-{config.model_name}-v{version}",
-                        params={"eval": to_dict(config.eval), "model_name": config.model_name,
-                                "version": version},
-                        tags={"bsm_ray.model_name": config.model_name,
-                              "bsm_ray.model_version": version})  # fmt: skip
-    c = client(config.tracking.uri)
-    c.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()
-                                 if math.isfinite(v)])  # fmt: skip
-    for path in files:
-        c.log_artifact(run_id, str(path))
-    c.set_terminated(run_id, "FINISHED")
+    run_id = log_finished_run(
+        config.tracking, f"eval-{config.model_name}-v{version}",
+        params={"eval": to_dict(config.eval), "model_name": config.model_name,
+                "version": version},
+        tags={"bsm_ray.model_name": config.model_name, "bsm_ray.model_version": version},
+        metrics=metrics, files=files,
+    )  # fmt: skip
     set_version_tags(config.tracking, config.model_name, version,
                      {"bsm_ray.eval_run_id": run_id})  # fmt: skip
     return run_id

@@ -74,6 +74,23 @@ def create_run(tracking: TrackingConfig, run_name: str, *, parent_run_id: str | 
     return run.info.run_id
 
 
+def log_finished_run(tracking: TrackingConfig, run_name: str, *, params: dict[str, Any],
+                     tags: dict[str, str], metrics: dict[str, float],
+                     files: list[Path]) -> str:  # fmt: skip
+    """A complete run in one go (an evaluation): params, tags, finite metrics at step 0, files
+    as artifacts, FINISHED. Returns its id."""
+    from mlflow.entities import Metric
+
+    run_id = create_run(tracking, run_name, params=params, tags=tags)
+    c = client(tracking.uri)
+    c.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()
+                                 if math.isfinite(v)])  # fmt: skip
+    for path in files:
+        c.log_artifact(run_id, str(path))
+    c.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 def end_run(tracking: TrackingConfig, run_id: str, status: str = "FINISHED") -> None:
     client(tracking.uri).set_terminated(run_id, status=status)
 

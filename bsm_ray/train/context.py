@@ -32,12 +32,19 @@ def source_names(config: TrainConfig) -> list[str]:
 
 def build_windows(config: TrainConfig, split: str) -> dict[str, TokenWindows]:
     """Token windows of every source of the run, from the prepared dataset."""
+    from bsm_ray.errors import BsmRayError
+
     out = {}
     for source in source_names(config):
         if config.objective == "mlm":
             out[source] = mlm_windows(config.data.dataset, split)
         else:
             out[source] = causal_windows(config.data.dataset, source, split, config.seq_len)
+        if len(out[source]) == 0:
+            raise BsmRayError(
+                f"{config.data.dataset}: source {source!r} has no {split} rows; every source "
+                f"of the mix needs rows in both splits (its manifest lists what each holds)"
+            )
     return out
 
 
