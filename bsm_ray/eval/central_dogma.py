@@ -68,6 +68,18 @@ class CentralDogmaConfig:
             raise ValueError(f"split_ratio must be 3 non-negative numbers, got {self.split_ratio}")
 
 
+def sample_genbank(record: str) -> list[str]:
+    """The sample corpus's GenBank file of `record` (e.g. NC_000932, the chloroplast),
+    fetched and cached like the sample."""
+    from bsm_ray.data.samples import sample_inputs
+    from bsm_ray.errors import ConfigError
+
+    found = [p for p in sample_inputs()["genbank"] if Path(p).name.startswith(record)]
+    if not found:
+        raise ConfigError(f"no GenBank record {record!r} in the sample corpus")
+    return found
+
+
 def _split(seed: int, key: str, ratio: list[int]) -> str:
     u = stable_hash("central_dogma_split", seed, key) / 2.0**64
     edges = np.cumsum(ratio) / sum(ratio)

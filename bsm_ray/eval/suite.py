@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bsm_ray.errors import ConfigError
 from bsm_ray.eval.central_dogma import CentralDogmaConfig, FewShotConfig
 from bsm_ray.eval.finetune import FinetuneConfig
 from bsm_ray.eval.fitness import FitnessConfig
@@ -76,6 +75,7 @@ class EvaluateConfig:
 
 def resolve_model(cfg: EvaluateConfig, workdir: Path) -> Path:
     """A local model directory for `cfg.model` (downloading a registry URI)."""
+    from bsm_ray.errors import ConfigError
     from bsm_ray.train.export import find_model_dir
 
     if not cfg.model:
@@ -118,13 +118,7 @@ def run_suite(cfg: EvaluateConfig) -> dict[str, Any]:
 
         section = cfg.central_dogma
         if section.sample_record:
-            from bsm_ray.data.samples import sample_inputs
-
-            section.build.genbank = [p for p in sample_inputs()["genbank"]
-                                     if Path(p).name.startswith(section.sample_record)]  # fmt: skip
-            if not section.build.genbank:
-                raise ConfigError(f"central_dogma.sample_record: no sample GenBank record "
-                                  f"{section.sample_record!r}")  # fmt: skip
+            section.build.genbank = cd.sample_genbank(section.sample_record)
         if section.task:
             rows, skipped = cd.read_task(section.task), {}
         else:
