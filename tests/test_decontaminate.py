@@ -83,3 +83,26 @@ def test_bad_eval_files_are_clear_errors(dataset, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2 and "missing.fa: missing_file" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_mix_source_without_train_rows_is_a_clear_error(tmp_path):
+    """A source emptied (here: never prepared) fails before any worker starts; an empty
+    validation split is allowed (that source is simply not evaluated)."""
+    from bsm_ray.data.builders import SingleInput
+    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+    from bsm_ray.errors import BsmRayError
+    from bsm_ray.train.config import DataConfig, TrainConfig
+    from bsm_ray.train.context import build_windows
+
+    fasta = tmp_path / "dna.fa"
+    fasta.write_text("".join(f">r{i}\n{'ACGT' * 40}\n" for i in range(4)))
+    out = tmp_path / "ds"
+    prepare_dataset(PrepareConfig(sample=False, output_dir=str(out), progress=False,
+                                  val_fraction=0.0,
+                                  single=[SingleInput(str(fasta), "dna")]))  # fmt: skip
+    config = TrainConfig(data=DataConfig(dataset=str(out), mix={"single_dna": 1.0}), seq_len=64)
+    assert len(build_windows(config, "train")["single_dna"]) > 0
+    assert len(build_windows(config, "val")["single_dna"]) == 0
+    config.data.mix = {"single_dna": 1.0, "refseq_pair": 1.0}
+    with pytest.raises(BsmRayError, match="source 'refseq_pair' has no train rows"):
+        build_windows(config, "train")

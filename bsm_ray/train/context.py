@@ -40,10 +40,10 @@ def build_windows(config: TrainConfig, split: str) -> dict[str, TokenWindows]:
             out[source] = mlm_windows(config.data.dataset, split)
         else:
             out[source] = causal_windows(config.data.dataset, source, split, config.seq_len)
-        if len(out[source]) == 0:
+        if split == "train" and len(out[source]) == 0:  # an empty val source is skipped
             raise BsmRayError(
-                f"{config.data.dataset}: source {source!r} has no {split} rows; every source "
-                f"of the mix needs rows in both splits (its manifest lists what each holds)"
+                f"{config.data.dataset}: source {source!r} has no train rows; every source "
+                f"of the mix needs some (the dataset's manifest lists what each holds)"
             )
     return out
 
@@ -189,6 +189,12 @@ class RayTrainContext(TrainContext):
         for source in source_names(self.config):
             shard = self._ray_train.get_dataset_shard(dataset_name(split, source))
             parts = list(shard.iter_batches(batch_size=4096, batch_format="numpy"))
+            if not parts:  # a source without rows in this split (validation is optional)
+                width = 512 if self.config.objective == "mlm" else self.config.seq_len
+                empty = np.zeros((0, width), np.int32)
+                out[source] = TokenWindows(source, empty, empty.astype(np.int8),
+                                           np.zeros(0, np.int64))  # fmt: skip
+                continue
             ids = np.concatenate([p["input_ids"] for p in parts])
             mask = np.concatenate([p["attention_mask"] for p in parts])
             rows = np.concatenate([p["row_id"] for p in parts])
