@@ -1,7 +1,8 @@
 """The main job on a real two-node Ray cluster: `ray start --head` plus a second
 `ray start --address` node with its own resources, `ray job submit` of jobs/anneal_mix.py with
 trials on both nodes, the driver stopped mid-sweep, `--resume` finishing it without re-running
-a finished trial, and the MLflow store holding the parent run and one child run per trial.
+a finished trial even though the second node is killed while a trial trains on it, and the
+MLflow store holding the parent run and one child run per trial.
 
 This module starts its own cluster, so it runs last (conftest orders `cluster` tests after the
 rest) and shuts the session's in-process Ray instance down first: two Ray instances on one
@@ -88,6 +89,26 @@ def _train_worker_nodes(address: str, env: dict) -> set[str]:
     return {a["node_id"] for a in json.loads(p.stdout) if "RayTrainWorker" in a["class_name"]}
 
 
+def _kill_node(temp_dir: str) -> int:
+    """SIGKILL every process of the node started with `temp_dir` (raylet, its agents, its
+    workers): the node is lost as a spot reclaim would lose it. Returns how many died."""
+    import psutil
+
+    victims = {p for p in psutil.process_iter(["cmdline"])
+               if any(temp_dir in c for c in (p.info["cmdline"] or []))}  # fmt: skip
+    for p in list(victims):
+        try:
+            victims |= set(p.children(recursive=True))
+        except psutil.Error:
+            pass
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    return len(victims)
+
+
 @pytest.fixture
 def cluster(tmp_path):
     import ray
@@ -120,14 +141,14 @@ def cluster(tmp_path):
             time.sleep(1)
         head = next(n["node_id"] for n in alive if n["is_head_node"])
         second = next(n["node_id"] for n in alive if not n["is_head_node"])
-        yield address, env, head, second
+        yield address, env, head, second, node2_tmp
     finally:
         _ray("stop", "--force", env=env, check=False)
         shutil.rmtree(node2_tmp, ignore_errors=True)
 
 
 def test_anneal_on_two_nodes_job_stopped_and_resumed(cluster, tmp_path):
-    address, env, head, second = cluster
+    address, env, head, second, node2_tmp = cluster
     data = tmp_path / "sample"
     prepare_dataset(PrepareConfig(output_dir=str(data), progress=False))
     storage = tmp_path / "runs"
@@ -164,6 +185,16 @@ def test_anneal_on_two_nodes_job_stopped_and_resumed(cluster, tmp_path):
     before = {d.name: (d / "metrics.jsonl").read_text() for d in finished}
 
     submit("anneal-2", "--resume")
+    # The two unfinished trials run at once, one per node. Lose the second node while a trial
+    # trains on it: the sweep goes on on the head, where that trial's controller (attached to
+    # its driver, which runs on the head) restarts it from its last checkpoint.
+    deadline = time.time() + 300
+    while second not in _train_worker_nodes(address, env):
+        assert time.time() < deadline, _logs(address, "anneal-2", env)[-3000:]
+        assert _status(address, "anneal-2", env) in ("RUNNING", "PENDING"), (
+            _logs(address, "anneal-2", env)[-3000:])
+        time.sleep(1)
+    assert _kill_node(node2_tmp) > 0
     status = _wait_status(address, "anneal-2", env)
     logs = _logs(address, "anneal-2", env)
     assert status == "SUCCEEDED", logs[-4000:]

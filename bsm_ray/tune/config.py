@@ -98,6 +98,13 @@ class AnnealConfig:
     )
     worker_logs: bool = False
     """Stream every Ray worker's output to this driver (trial progress is shown either way)."""
+    trial_drivers_on_head: bool = True
+    """Run trial drivers (and so their Ray Train controllers, which Ray attaches to the
+    driver's node) on the head node. A worker node lost mid-sweep then takes only training
+    workers with it: the surviving controller releases its placement group and restarts from
+    the last checkpoint. A controller lost with its node leaves its placement group holding
+    CPUs elsewhere, and the sweep can wait on it forever (ray-project/ray#65147). Turn off
+    only for a head without room for a driver (512 MiB each, no CPU)."""
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.eval_every <= 0:

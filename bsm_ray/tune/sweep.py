@@ -52,6 +52,7 @@ from bsm_ray.tune.space import (
 
 TUNE_DIR = "tune"
 TRIAL_DRIVER_MEMORY = 512 * 1024**2
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # ray._common.constants.HEAD_NODE_RESOURCE_NAME
 
 
 @dataclass
@@ -260,9 +261,12 @@ def _tuner(config: AnnealConfig, spec: dict[str, Any], sweep_dir: Path, resume: 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     # A trial driver only waits on its TorchTrainer: it reserves memory, not the CPUs its
-    # workers need (a bundle must reserve something; Ray rejects an all-zero one).
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec),
-                                    {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY})
+    # workers need (a bundle must reserve something; Ray rejects an all-zero one). On the head
+    # node by default, so a lost worker node cannot take a Train controller with it.
+    driver = {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}
+    if config.trial_drivers_on_head:
+        driver[HEAD_NODE_RESOURCE] = 0.001  # every node has none of it but the head (1.0)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), driver)
     tune_path = sweep_dir / TUNE_DIR
     if resume and tune.Tuner.can_restore(str(tune_path)):
         print(f"[bsm_ray] resuming sweep {tune_path}", flush=True)
