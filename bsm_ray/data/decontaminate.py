@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from bsm_ray.config import to_dict
 from bsm_ray.data.shards import (
     DOC_KINDS,
     GENOME_KIND,
@@ -238,7 +239,7 @@ def decontaminate(cfg: DecontaminateConfig) -> dict:
         ledger = dict(manifest.get("ledger", {}))
         ledger["decontamination"] = report
         new = build_manifest(
-            config={**manifest.get("config", {}), "decontaminate": _config_dict(cfg)},
+            config={**manifest.get("config", {}), "decontaminate": to_dict(cfg)},
             tokenizers=manifest.get("tokenizers", {}),
             inputs=manifest.get("inputs", []),
             writers=[w for w in writers if w.shards],
@@ -262,12 +263,6 @@ def _first_match(kind, row, indexes, cfg) -> tuple[str, str] | None:
             if rule is not None:
                 return ix.name, rule
     return None
-
-
-def _config_dict(cfg: DecontaminateConfig) -> dict:
-    from bsm_ray.config import to_dict
-
-    return to_dict(cfg)
 
 
 def format_report(report: dict) -> str:

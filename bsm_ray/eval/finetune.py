@@ -182,11 +182,8 @@ def train_head(cfg_dict: dict[str, Any]) -> dict[str, float]:
         problem_type="regression" if cfg.task == "regression" else "single_label_classification",
     ).to(device)  # fmt: skip
     if ray_train is not None:
-        import ray.train.torch
-
         model = ray.train.torch.prepare_model(model)
     ids, mask = encode(train_rows, base.model_type, cfg)
-    labels = train_y
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     for _epoch in range(cfg.epochs):
@@ -200,7 +197,7 @@ def train_head(cfg_dict: dict[str, Any]) -> dict[str, float]:
                 b = order[:1]
             out = model(input_ids=torch.from_numpy(ids[b]).to(device),
                         attention_mask=torch.from_numpy(mask[b]).to(device),
-                        labels=torch.from_numpy(labels[b]).to(device))  # fmt: skip
+                        labels=torch.from_numpy(train_y[b]).to(device))  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()

@@ -139,10 +139,10 @@ def run_suite(cfg: EvaluateConfig) -> dict[str, Any]:
         metrics[f"fitness/{item.name}/spearman"] = r["spearman"]
         metrics[f"fitness/{item.name}/variants"] = float(r["variants"])
     if cfg.fitness:
+        done = [(i.name, details[f"fitness/{i.name}"]) for i in cfg.fitness]
         tables["fitness"] = "\n".join(
-            f"{i.name:24s} variants {details[f'fitness/{i.name}']['variants']:6d}  Spearman "
-            f"{details[f'fitness/{i.name}']['spearman']:.4f}  skipped "
-            f"{details[f'fitness/{i.name}']['skipped']}" for i in cfg.fitness)  # fmt: skip
+            f"{name:24s} variants {r['variants']:6d}  Spearman {r['spearman']:.4f}  skipped "
+            f"{r['skipped']}" for name, r in done)  # fmt: skip
     for item in cfg.finetune:
         from bsm_ray.eval.finetune import finetune
 
