@@ -48,6 +48,32 @@ def dataset(tmp_path_factory) -> str:
     return str(out)
 
 
+STREAMED_MIX = {"web": 10.0, "refseq_pair": 2.0, "gene_pair": 1.0}
+
+
+@pytest.fixture(scope="session")
+def streamed_causal_run(dataset, tmp_path_factory, ray_instance):
+    """One 150-step BSM run on 2 workers streaming a 10:2:1 mix through Ray Data, ZeRO-2, with
+    per-step traces: shared by the token-ratio test (test_streaming.py) and the export test
+    (test_training.py), one TorchTrainer run fewer in the suite. Returns (config, result)."""
+    from bsm_ray.tracking.config import TrackingConfig
+    from bsm_ray.train.config import DataConfig, TrainConfig
+    from bsm_ray.train.launcher import launch
+    from bsm_ray.train.schedules import ScheduleConfig
+
+    config = TrainConfig(
+        name="mix", model="bsm-tiny", objective="causal", seq_len=64,
+        global_batch_tokens=32 * 64, micro_batch_rows=8, max_steps=150,
+        schedule=ScheduleConfig(kind="warmup_linear", start_lr=3e-3, end_lr=3e-4, warmup_steps=2),
+        data=DataConfig(dataset=dataset, mix=STREAMED_MIX, val_rows_per_source=24,
+                        streaming=True, stream_cpus=0.5),
+        num_workers=2, zero_stage=2, eval_every=75, checkpoint_every=75,
+        storage_path=str(tmp_path_factory.mktemp("streamed")),
+        tracking=TrackingConfig(enabled=False), trace=True,
+    )  # fmt: skip
+    return config, launch(config)
+
+
 @pytest.fixture(scope="session")
 def ray_instance():
     """One local Ray instance for the whole session (starting one costs ~15 s here).

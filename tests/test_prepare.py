@@ -109,11 +109,13 @@ def test_failed_run_leaves_previous_dataset_untouched(sample_ds, tmp_path):
 def test_shard_write_is_atomic(tmp_path, monkeypatch):
     writer = ShardWriter(tmp_path, "web", "train", rows_per_shard=10)
 
-    def crash(table, where, **kwargs):
-        Path(where).write_bytes(b"PAR1 half a file")
+    original = shards_mod.pq.ParquetWriter.write_table
+
+    def crash(self, table, *args, **kwargs):  # one row group reaches the file, then it fails
+        original(self, table, *args, **kwargs)
         raise OSError("disk full")
 
-    monkeypatch.setattr(shards_mod.pq, "write_table", crash)
+    monkeypatch.setattr(shards_mod.pq.ParquetWriter, "write_table", crash)
     row = {"doc_id": "d", "kind": "web", "modalities": ["dna"], "text": "<dna>A", "num_tokens": 2,
            "source_file": "f", "source_record": "r"}  # fmt: skip
     writer.add(row)

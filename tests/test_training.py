@@ -6,14 +6,9 @@ These start real TorchTrainer runs (~20-40 s each on 2 cores), so there are few 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bsm_ray.tracking.config import TrackingConfig
@@ -25,21 +20,6 @@ from bsm_ray.train.schedules import ScheduleConfig
 # MLflow tracking (on by default) has its own tests against a real server (test_registry.py);
 # these runs test training, so they leave the tracking store alone.
 NO_TRACKING = TrackingConfig(enabled=False)
-
-
-def _killable(dataset: str, storage: Path) -> TrainConfig:
-    """The causal ZeRO-2 run that is trained once uninterrupted and once with a killed worker."""
-    return _causal(dataset, storage, max_steps=16, checkpoint_every=4, eval_every=8, trace=True,
-                   max_failures=1)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(dataset, tmp_path_factory, ray_instance):
-    """The reference run, shared by the export test and the killed-worker test (one
-    TorchTrainer run fewer in the suite)."""
-    storage = tmp_path_factory.mktemp("uninterrupted")
-    config = replace(_killable(dataset, storage), name="uninterrupted")
-    return config, launch(config)
 
 
 def _causal(dataset: str, storage: Path, **kw) -> TrainConfig:
@@ -96,13 +76,15 @@ def _reload_val_loss(config: TrainConfig, final_model: str) -> float:
     return total / count
 
 
-# Causal ZeRO-2 is the uninterrupted reference run below; causal ZeRO-3 checkpoints and resumes
-# in test_local_process_resume_zero3; MLM ZeRO-2 runs tracked in tests/test_registry.py.
+# Causal ZeRO-2 is the streamed 3-source run of tests/test_streaming.py (conftest's
+# `streamed_causal_run`, shared); causal ZeRO-3 checkpoints and resumes in
+# test_local_process_resume_zero3; MLM ZeRO-2 runs tracked in tests/test_registry.py; a killed
+# and resumed worker group is tested on the streamed CM-GEMS run (tests/test_streaming.py).
 @pytest.mark.parametrize(("kind", "zero_stage"), [("causal", 2), ("mlm", 3)])
 def test_two_workers_train_checkpoint_and_export(kind, zero_stage, dataset, tmp_path,
                                                  ray_instance, request):  # fmt: skip
     if kind == "causal":
-        config, result = request.getfixturevalue("uninterrupted")
+        config, result = request.getfixturevalue("streamed_causal_run")
     else:
         config = _mlm(dataset, tmp_path, zero_stage=zero_stage, name=f"{kind}-z{zero_stage}")
         result = launch(config)
@@ -130,57 +112,6 @@ def _last_per_step(path: Path) -> dict[int, dict]:
         rec = json.loads(line)
         out[rec["step"]] = rec  # later attempts overwrite earlier ones
     return out
-
-
-def test_killed_worker_resumes_exactly(dataset, tmp_path, ray_instance, uninterrupted):
-    """SIGKILL one worker mid-run: Ray Train restarts the group from the last checkpoint and the
-    run finishes with the same losses and the same data, step for step, as an unkilled run."""
-    _, ref_result = uninterrupted
-    killed = replace(_killable(dataset, tmp_path), name="killed")
-    trace_file = tmp_path / "killed" / "trace" / "rank1.jsonl"
-    victims: list[int] = []
-
-    def kill_rank1_after_step_6() -> None:
-        deadline = time.time() + 300
-        while time.time() < deadline and not victims:
-            if trace_file.is_file():
-                for line in trace_file.read_text().splitlines():
-                    rec = json.loads(line)
-                    if rec["step"] >= 6:
-                        os.kill(rec["pid"], signal.SIGKILL)
-                        victims.append(rec["pid"])
-                        return
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=kill_rank1_after_step_6, daemon=True)
-    watcher.start()
-    result = launch(killed)
-    watcher.join(timeout=5)
-    assert victims, "the worker was never killed"
-    assert result.metrics["step"] == 16
-
-    for rank in (0, 1):
-        path = tmp_path / "killed" / "trace" / f"rank{rank}.jsonl"
-        lines = [json.loads(x) for x in path.read_text().splitlines()]
-        pids = [x["pid"] for x in lines]
-        assert len(set(pids)) == 2  # a second attempt ran
-        first = [x["step"] for x in lines if x["pid"] == pids[0]]
-        second = [x["step"] for x in lines if x["pid"] == pids[-1]]
-        # resumed right after a checkpoint (every 4 steps) the first attempt completed; under
-        # heavy load Ray Train may not have registered the newest one before the kill, and an
-        # attempt that finds none starts over at step 1 (still exact: checked below)
-        assert second[0] in (1, 5, 9) and second[0] <= max(first) + 1 and second[-1] == 16
-        ref = _last_per_step(Path(ref_result.run_dir) / "trace" / f"rank{rank}.jsonl")
-        got = _last_per_step(path)
-        assert sorted(got) == sorted(ref) == list(range(1, 17))
-        for step in ref:  # same data, nothing consumed twice or skipped; same losses
-            assert got[step]["rows"] == ref[step]["rows"], step
-            assert got[step]["loss"] == pytest.approx(ref[step]["loss"], abs=1e-5), step
-    final = {rank: _last_per_step(tmp_path / "killed" / "trace" / f"rank{rank}.jsonl")
-             for rank in (0, 1)}  # fmt: skip
-    consumed = [tuple(r) for s in range(1, 17) for rank in (0, 1) for r in final[rank][s]["rows"]]
-    assert len(consumed) == 16 * 32
-    assert np.isfinite(result.metrics["val/loss"])
 
 
 def test_local_process_resume_zero3(dataset, tmp_path, monkeypatch):

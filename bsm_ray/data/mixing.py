@@ -81,8 +81,9 @@ class MixturePlan:
             self._perm_cache[key] = perm
         return int(perm[pos])
 
-    def take(self, count: int) -> list[tuple[str, int]]:
-        """The next `count` rows as (source, row index); advances the state."""
+    def take_sources(self, count: int) -> list[str]:
+        """The sources of the next `count` rows (streaming: each source's own stream supplies
+        the rows); advances the state."""
         st = self.state
         out = []
         for _ in range(count):
@@ -90,9 +91,18 @@ class MixturePlan:
                 st.credit[s] += w
             source = max(self.weights, key=lambda s: st.credit[s])  # first wins ties
             st.credit[source] -= self.total_weight
-            out.append((source, self._row_of(source, st.per_source[source])))
+            out.append(source)
             st.per_source[source] += 1
             st.rows_drawn += 1
+        return out
+
+    def take(self, count: int) -> list[tuple[str, int]]:
+        """The next `count` rows as (source, row index); advances the state."""
+        drawn = dict(self.state.per_source)
+        out = []
+        for source in self.take_sources(count):
+            out.append((source, self._row_of(source, drawn[source])))
+            drawn[source] += 1
         return out
 
     def repeats(self) -> dict[str, int]:

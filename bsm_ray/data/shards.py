@@ -51,6 +51,10 @@ GENOME_KIND = "genome"
 SPLITS = ("train", "val")
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+ROW_GROUP_ROWS = 2048
+ROW_GROUP_BYTES = 32 << 20
+"""A row group ends at this many rows or bytes of text: row groups are the units the training
+streams are cut into (bsm_ray.data.stream_plan), so they stay small."""
 
 DOC_SCHEMA = pa.schema(
     [
@@ -137,8 +141,10 @@ class ShardWriter:
         table = pa.table(self._columns, schema=self.schema)
         rel = Path(self.kind) / self.split / f"part-{len(self.shards):05d}.parquet"
         final = self.root / rel
-        with atomic_path(final) as tmp:
-            pq.write_table(table, tmp, compression=self.compression)
+        with atomic_path(final) as tmp, pq.ParquetWriter(tmp, self.schema,
+                                                         compression=self.compression) as out:
+            for start, stop in row_group_bounds(self._columns[self._text_field]):
+                out.write_table(table.slice(start, stop - start))
         self.shards.append(
             ShardInfo(
                 path=str(rel),
@@ -155,6 +161,19 @@ class ShardWriter:
     def close(self) -> list[ShardInfo]:
         self.flush()
         return self.shards
+
+
+def row_group_bounds(texts: list[str]) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of at most ROW_GROUP_ROWS rows and, past its first row, at most
+    ROW_GROUP_BYTES of text each."""
+    bounds, start, size = [], 0, 0
+    for i, text in enumerate(texts):
+        if i > start and (i - start >= ROW_GROUP_ROWS or size + len(text) > ROW_GROUP_BYTES):
+            bounds.append((start, i))
+            start, size = i, 0
+        size += len(text)
+    bounds.append((start, len(texts)))
+    return bounds
 
 
 @dataclass

@@ -24,6 +24,14 @@ class DataConfig:
     """Source kind -> token ratio (causal LM). MLM runs train on the 'genome' kind."""
     val_rows_per_source: int = 64
     """Validation rows evaluated per source (the first rows of each source's val split)."""
+    streaming: bool = False
+    """Stream the train split through Ray Data into each worker (read and pack in tasks, mask
+    in actors; bsm_ray.data.pipeline), resuming at the next unconsumed row. False: every worker
+    holds the train windows in memory (small datasets, annealing trials)."""
+    mask_actors: int = 1
+    """Streaming MLM: masking actors per worker."""
+    stream_cpus: float = 1.0
+    """Streaming: CPUs reserved by each read task and masking actor."""
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Launch a training run: in this process (`num_workers: 0`) or as a Ray Train `TorchTrainer`.
 
 With Ray: one Ray Dataset of token windows per source and split is handed to the trainer (each
-worker reads all rows and takes its slice of the global plan, so `datasets_to_split=[]`);
+worker reads all rows and takes its slice of the global plan, so `datasets_to_split=[]`); with
+`data.streaming` only the validation windows are, and each worker streams its own train rows
+(bsm_ray.train.streaming);
 `ScalingConfig` from the config; `RunConfig(name, storage_path)` with `FailureConfig` and
 `CheckpointConfig`. A fresh launch with the same name and storage resumes from the latest
 checkpoint (Ray Train V2), and a failed worker group restarts from it, up to `max_failures`.
@@ -76,7 +78,9 @@ def _ray_datasets(config: TrainConfig) -> dict[str, Any]:
     # The windows are small, in-memory datasets read once per worker: no progress bars.
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {}
-    for split in ("train", "val"):
+    # Streaming runs read the train split in each worker (bsm_ray.train.streaming); the small
+    # validation windows still travel as in-memory datasets.
+    for split in ("val",) if config.data.streaming else ("train", "val"):
         for source, win in build_windows(config, split).items():
             import pyarrow as pa
 
@@ -101,6 +105,9 @@ def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     if is_local_path(storage):
         storage = str(Path(storage.removeprefix("file://")).resolve())
         config = from_dict(TrainConfig, {**to_dict(config), "storage_path": storage})
+    if config.data.streaming:  # workers read the shards themselves, from their own directory
+        data = {**to_dict(config.data), "dataset": str(Path(config.data.dataset).resolve())}
+        config = from_dict(TrainConfig, {**to_dict(config), "data": data})
     run_dir = f"{storage}/{config.name}"
     owns_run = config.tracking.enabled and not config.tracking.run_id
     if owns_run:
@@ -125,6 +132,8 @@ def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
 
 def _train(config: TrainConfig, run_dir: str, callbacks: list | None) -> TrainResult:
     if config.num_workers == 0:
+        if config.data.streaming:
+            connect_ray()
         ctx = LocalContext(config)
         metrics = train_loop(config, ctx)
         checkpoint = next((r["checkpoint"] for r in reversed(ctx.reports) if "checkpoint" in r),
@@ -138,6 +147,11 @@ def _train(config: TrainConfig, run_dir: str, callbacks: list | None) -> TrainRe
     from ray.train.torch import TorchTrainer
 
     connect_ray()
+    if config.data.streaming:  # a source without rows fails here, not in every worker
+        from bsm_ray.train.context import source_names
+        from bsm_ray.train.streaming import stream_units
+
+        stream_units(config, source_names(config))
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config=to_dict(config),

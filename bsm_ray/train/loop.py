@@ -129,19 +129,30 @@ def _load_rank_table(path: str | None) -> np.ndarray:
 
 
 def _batch_tensors(config, windows, rows, masker, step, device):
-    """Tensors for one micro-batch of (source, row) pairs."""
+    """Tensors for one micro-batch of (source, row) pairs of in-memory windows."""
+    return _tensors(config, _window_rows(config, windows, rows, masker, step), device)
 
-    ids = np.stack([windows[s].input_ids[r] for s, r in rows])
-    mask = np.stack([windows[s].attention_mask[r] for s, r in rows])
+
+def _window_rows(config, windows, rows, masker, step) -> dict[str, np.ndarray]:
+    """(source, row) pairs of in-memory windows as numpy columns, MLM rows masked for `step`."""
+    out = {
+        "input_ids": np.stack([windows[s].input_ids[r] for s, r in rows]),
+        "attention_mask": np.stack([windows[s].attention_mask[r] for s, r in rows]),
+        "row_id": np.array([windows[s].row_ids[r] for s, r in rows], dtype=np.int64),
+        "source": np.array([s for s, _ in rows]),
+    }
     if config.objective == "mlm":
-        row_ids = np.array([windows[s].row_ids[r] for s, r in rows], dtype=np.int64)
-        masked = masker(ids, mask, row_ids, step)
-        input_ids, labels = masked.input_ids, masked.labels
-    else:
-        input_ids = ids  # widened to int64 on the device (to_device)
-        labels = np.where(mask > 0, ids, -100)
+        masked = masker(out["input_ids"], out["attention_mask"], out["row_id"], step)
+        out["input_ids"], out["labels"] = masked.input_ids, masked.labels
+    return out
+
+
+def _tensors(config, rows: dict[str, np.ndarray], device) -> dict:
+    """Model inputs on `device` from numpy columns (causal labels: the ids, -100 on padding)."""
+    ids, mask = rows["input_ids"], rows["attention_mask"]
+    labels = rows["labels"] if config.objective == "mlm" else np.where(mask > 0, ids, -100)
     return {
-        "input_ids": to_device(np.ascontiguousarray(input_ids), device),
+        "input_ids": to_device(np.ascontiguousarray(ids), device),  # widened to int64 there
         "attention_mask": to_device(np.ascontiguousarray(mask), device),
         "labels": to_device(np.ascontiguousarray(labels), device),
     }
@@ -178,17 +189,18 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def _reduce_step(loss, tokens: int, device) -> tuple[float, float]:
-    """(sum of the ranks' mean losses, total tokens) with one all-reduce and one host sync."""
+def _reduce_step(loss, tokens: list[float], device) -> tuple[float, list[float]]:
+    """(sum of the ranks' mean losses, tokens summed over ranks) with one all-reduce and one
+    host sync; `tokens` are this rank's real tokens per source."""
     import torch
     import torch.distributed as dist
 
-    t = torch.stack([loss.to(torch.float64), torch.tensor(float(tokens), dtype=torch.float64,
-                                                          device=loss.device)])  # fmt: skip
+    t = torch.cat([loss.to(torch.float64).reshape(1),
+                   torch.tensor(tokens, dtype=torch.float64, device=loss.device)])  # fmt: skip
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
-    loss_total, tokens_total = t.tolist()
-    return loss_total, tokens_total
+    values = t.tolist()
+    return values[0], values[1:]
 
 
 def evaluate(engine, config, ctx, val_windows, masker, step, device) -> dict[str, float]:
@@ -290,11 +302,20 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
     global_rows, accum = config.batch_layout(ctx.world_size)
     per_rank = global_rows // ctx.world_size
 
-    train_windows = ctx.windows("train")
-    val_windows = ctx.windows("val")
     weights = {"genome": 1.0} if config.objective == "mlm" else dict(config.data.mix)
-    plan = MixturePlan(weights, {s: len(w) for s, w in train_windows.items()}, seed=config.seed)
+    if config.data.streaming:
+        from bsm_ray.train.streaming import WorkerStreams, load_positions, stream_units
+
+        train_windows = None
+        units = stream_units(config, list(weights))
+        num_rows = {s: sum(u.num_rows for u in us) for s, us in units.items()}
+    else:
+        train_windows = ctx.windows("train")
+        num_rows = {s: len(w) for s, w in train_windows.items()}
+    val_windows = ctx.windows("val")
+    plan = MixturePlan(weights, num_rows, seed=config.seed)
     masker = _Masker(config) if config.objective == "mlm" else None
+    positions = None
 
     step = 0
     resumed_from = None
@@ -308,6 +329,15 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
                 masker.schedule.load_state_dict(state["curriculum"])
             load_rng(checkpoint, ctx.rank)
             resumed_from = int(state["step"])
+            if config.data.streaming:
+                positions = load_positions(checkpoint, ctx.rank, ctx.world_size)
+    streams = None
+    if config.data.streaming:
+        phase = None
+        if masker is not None:
+            phase = "cm_step" if config.masking.strategy == "cm_step" else masker.strategy(step)
+        streams = WorkerStreams(config, units, ctx.rank, ctx.world_size, per_rank, step, phase,
+                                positions)  # fmt: skip
 
     num_params = count_parameters(preset)
     fpt = flops_per_token(preset, config.row_len, num_params)
@@ -326,7 +356,8 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
         ctx.log({"step": 0, **initial})
         if tracker is not None:
             tracker.log(initial, 0, flush=True)
-    tokens_by_source = {s: 0 for s in weights}
+    names = list(weights)
+    tokens_by_source = {s: 0.0 for s in names}
     # Step time runs from the end of one step to the end of the next, so tokens/s includes
     # everything between steps (batch building, evaluation, checkpoints, reporting).
     t0 = time.perf_counter()
@@ -334,21 +365,24 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
         lr = lr_at(config.schedule, step, config.max_steps)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
-        rows = plan.take(global_rows)
-        for source, _ in rows:
-            tokens_by_source[source] += config.row_len
-        mine = rows[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
-        micro_batches, tokens = [], 0
-        for m in range(accum):
-            micro = mine[m * config.micro_batch_rows : (m + 1) * config.micro_batch_rows]
-            micro_batches.append(_batch_tensors(config, train_windows, micro, masker, step, device))
-            tokens += int(sum(train_windows[s].attention_mask[r].sum() for s, r in micro))
+        mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
+        if streams is not None:
+            rows = streams.rows(plan.take_sources(global_rows)[mine])
+        else:
+            rows = _window_rows(config, train_windows, plan.take(global_rows)[mine], masker, step)
+        mb = config.micro_batch_rows
+        micro_batches = [_tensors(config, {k: v[m * mb : (m + 1) * mb] for k, v in rows.items()},
+                                  device) for m in range(accum)]  # fmt: skip
+        real = rows["attention_mask"].sum(axis=1)
+        my_tokens = [float(real[rows["source"] == s].sum()) for s in names]
         loss = optimizer_step(engine, micro_batches)
-        loss_total, tokens_total = _reduce_step(loss, tokens, device)  # the step's one host sync
+        loss_total, step_tokens = _reduce_step(loss, my_tokens, device)  # the one host sync
         now = time.perf_counter()
         elapsed, t0 = now - t0, now
         step += 1
-        tokens_per_s = tokens_total / elapsed
+        for s, n in zip(names, step_tokens, strict=True):
+            tokens_by_source[s] += n
+        tokens_per_s = sum(step_tokens) / elapsed
         total_tokens = sum(tokens_by_source.values())
         metrics = {
             "step": step,
@@ -357,12 +391,13 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
             "train/tokens_per_s": tokens_per_s,
             "train/mfu": tokens_per_s * fpt / peak,
             **{f"data/mix/{s}": n / total_tokens for s, n in tokens_by_source.items()},
-            **{f"data/repeats/{s}": n for s, n in plan.repeats().items()},
-        }
+            **{f"data/repeats/{s}": n for s, n in
+               (streams.repeats() if streams is not None else plan.repeats()).items()},
+        }  # fmt: skip
         if masker is not None:
             metrics["mask/strategy_global"] = float(masker.strategy(step - 1) == "global")
         if trace is not None:
-            trace.write(step, metrics["train/loss"], mine)
+            trace.write(step, metrics["train/loss"], rows, names)
         is_last = step == config.max_steps
         if step % config.eval_every == 0 or is_last:
             metrics.update(evaluate(engine, config, ctx, val_windows, masker, step, device))
@@ -371,6 +406,8 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
                     step, metrics["val/ppl"]
                 ):
                     metrics["mask/switch_step"] = step
+                    if streams is not None:  # rows consumed from now on: the new phase
+                        streams.switch(masker.schedule.phase, step)
                     if tracker is not None:
                         tracker.set_tags({"bsm_ray.switch_step": step})
         # Every step is logged (rank 0, locally); Ray Train gets a report only with evaluations
@@ -381,7 +418,8 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
             tracker.log(metrics, step, flush=reporting or is_last)
         if step % config.checkpoint_every == 0 or is_last:
             probe = _probe_batch(config, val_windows, device) if is_last else None
-            directory = _save_checkpoint(engine, ctx, config, step, plan, masker, is_last, probe)
+            directory = _save_checkpoint(engine, ctx, config, step, plan, masker, is_last, probe,
+                                         streams)  # fmt: skip
             ctx.report(metrics, checkpoint_dir=directory)
         elif step % config.eval_every == 0:
             ctx.report(metrics)
@@ -405,12 +443,15 @@ def micro_rows_desc(config: TrainConfig, accum: int) -> str:
     return f"{config.micro_batch_rows} rows x {accum} accumulation per worker"
 
 
-def _save_checkpoint(engine, ctx, config, step, plan, masker, final: bool, probe=None) -> Path:
+def _save_checkpoint(engine, ctx, config, step, plan, masker, final: bool, probe=None,
+                     streams=None) -> Path:  # fmt: skip
     import torch.distributed as dist
 
     directory = ctx.new_checkpoint_dir()
     engine.save_checkpoint(str(directory), tag=STATE_TAG)
     save_rng(directory, ctx.rank)
+    if streams is not None:
+        streams.save(directory)
     if ctx.is_rank0:
         write_trainer_state(directory, {
             "step": step,
@@ -485,8 +526,17 @@ class _Trace:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.pid = os.getpid()
 
-    def write(self, step: int, loss: float, rows: list[tuple[str, int]]) -> None:
-        line = {"pid": self.pid, "step": step, "loss": loss, "rows": [list(r) for r in rows]}
+    def write(self, step: int, loss: float, rows: dict[str, np.ndarray], names: list[str]) -> None:
+        """The step's (source, row id) pairs in consumption order and real tokens per source;
+        MLM rows also the masking strategies used."""
+        real = rows["attention_mask"].sum(axis=1)
+        line = {
+            "pid": self.pid, "step": step, "loss": loss,
+            "rows": [[str(s), int(r)] for s, r in zip(rows["source"], rows["row_id"], strict=True)],
+            "tokens": {s: int(real[rows["source"] == s].sum()) for s in names},
+        }  # fmt: skip
+        if "strategy" in rows:
+            line["strategies"] = sorted({str(x) for x in rows["strategy"]})
         with open(self.path, "a") as fh:
             fh.write(json.dumps(line) + "\n")
             fh.flush()

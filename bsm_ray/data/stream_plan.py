@@ -1,0 +1,146 @@
+"""Which rows a training worker streams from a source, in which order, and where it resumes:
+the pure specification that the Ray Data streams (`bsm_ray.data.pipeline`) carry out.
+
+A source's *canonical rows* are its shards' row groups ("units") in manifest order, each unit's
+documents packed into `seq_len` windows with `<eos>` after every document and the last window
+padded (causal LM), or one `[CLS] 6-mers [SEP]` row per genome piece (MLM). A row's id is its
+index in that order, so a genome row id here equals the row id of the in-memory windows
+(`bsm_ray.data.windows`). Unit sizes come from Parquet metadata and the `num_tokens` column:
+nothing is tokenized to plan.
+
+Epoch e of a source, for worker `rank` of `world`:
+  - the units in a seeded permutation of (seed, source, e);
+  - each unit cut into L = ceil(world / units) lanes: its rows in a seeded permutation of
+    (seed, source, e, unit), lane l taking every L-th from l. A source with a single shard still
+    gives every worker its own rows (each lane reads the unit; only lanes > 1 duplicate reads);
+  - the (unit, lane) parts dealt round robin: the worker streams parts rank, rank + world, ...
+When a worker's parts run out it starts the next epoch (upsampling, as in BSM round 3); the epoch
+number is the source's repeat count on that worker.
+
+A `StreamPosition` (epoch, part, offset, ordinal) names the worker's next unconsumed row. A
+stream started there reads only that part and what follows; the part's consumed prefix is
+tokenized and dropped, nothing before it is read again. `ordinal` counts the rows this worker
+has taken from the source, which fixes the optimizer step of every MLM row (masks depend on it).
+
+Pure module: numpy and pyarrow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from bsm_ray.data.builders import stable_hash
+from bsm_ray.data.shards import GENOME_KIND, shard_paths
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One row group of one shard: `num_rows` canonical rows from row id `first_row`."""
+
+    path: str
+    row_group: int
+    first_row: int
+    num_rows: int
+
+
+@dataclass(frozen=True)
+class Part:
+    """The rows of `unit` (an index into the unit list) in lane `lane` of `lanes`, in epoch
+    `epoch`; `index` is its place in the worker's parts of that epoch."""
+
+    unit: int
+    lane: int
+    lanes: int
+    epoch: int
+    index: int
+
+
+@dataclass
+class StreamPosition:
+    """The next unconsumed row of one worker's stream of one source."""
+
+    epoch: int = 0
+    part: int = 0
+    offset: int = 0
+    ordinal: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StreamPosition:
+        return cls(**{k: int(data[k]) for k in ("epoch", "part", "offset", "ordinal")})
+
+
+def windows_for_tokens(num_tokens: np.ndarray, seq_len: int) -> int:
+    """Packed windows of documents with these token counts (one `<eos>` after each)."""
+    return -(-int((np.asarray(num_tokens, dtype=np.int64) + 1).sum()) // seq_len)
+
+
+def list_units(dataset: str | Path, kind: str, split: str, seq_len: int) -> list[Unit]:
+    """The units of one source and split, in canonical order (`seq_len` is ignored for the
+    genome kind: one row per piece)."""
+    units: list[Unit] = []
+    first = 0
+    for path in shard_paths(dataset, kind, split):
+        pf = pq.ParquetFile(path)
+        for rg in range(pf.metadata.num_row_groups):
+            if kind == GENOME_KIND:
+                n = pf.metadata.row_group(rg).num_rows
+            else:
+                tokens = pf.read_row_group(rg, columns=["num_tokens"])["num_tokens"].to_numpy()
+                n = windows_for_tokens(tokens, seq_len) if len(tokens) else 0
+            if n:
+                units.append(Unit(str(path), rg, first, n))
+                first += n
+    return units
+
+
+def _rng(seed: int, source: str, *key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stable_hash(source), *key])
+
+
+def worker_parts(units: list[Unit], source: str, epoch: int, rank: int, world: int,
+                 seed: int) -> list[Part]:  # fmt: skip
+    """The parts worker `rank` streams in `epoch`, in order."""
+    if not units:
+        raise ValueError(f"source {source!r} has no rows to stream")
+    lanes = math.ceil(world / len(units))
+    order = _rng(seed, source, epoch).permutation(len(units))
+    parts = [(int(u), lane) for u in order for lane in range(lanes)]
+    return [Part(u, lane, lanes, epoch, k) for k, (u, lane) in enumerate(parts[rank::world])]
+
+
+def part_rows(unit: Unit, part: Part, seed: int, source: str) -> np.ndarray:
+    """Within-unit row indices of `part`, in stream order."""
+    perm = _rng(seed, source, part.epoch, part.unit).permutation(unit.num_rows)
+    return perm[part.lane :: part.lanes]
+
+
+def expected_row_ids(units: list[Unit], source: str, seed: int, rank: int, world: int,
+                     count: int, start: StreamPosition | None = None) -> list[int]:  # fmt: skip
+    """The canonical ids of the next `count` rows worker `rank` streams from `start`: what the
+    Ray Data stream must deliver (tests compare the two)."""
+    pos = start or StreamPosition()
+    out: list[int] = []
+    epoch, k, offset = pos.epoch, pos.part, pos.offset
+    while len(out) < count:
+        parts = worker_parts(units, source, epoch, rank, world, seed)
+        whole_epoch, got = k == 0 and offset == 0, 0
+        for part in parts[k:]:
+            unit = units[part.unit]
+            rows = part_rows(unit, part, seed, source)[offset:]
+            out.extend(int(unit.first_row + r) for r in rows[: count - len(out)])
+            got += len(rows)
+            offset = 0
+            if len(out) >= count:
+                break
+        if whole_epoch and got == 0:
+            raise ValueError(f"source {source!r} gives worker {rank} of {world} no rows")
+        epoch, k = epoch + 1, 0
+    return out
