@@ -5,6 +5,8 @@ coordination is needed and a restart continues from the saved plan position):
 
     rows = plan.take(global_rows)                    # (source, row) in mix order
     my_rows = rows[rank * per_rank : (rank + 1) * per_rank]
+    (data.streaming: plan.take_sources(...) names the sources of my slice and this worker's
+     Ray Data streams supply the rows; bsm_ray.train.streaming)
     for each micro-batch of my_rows:                 # gradient accumulation
         loss = engine(batch).loss; engine.backward(loss); engine.step()
 
@@ -15,7 +17,8 @@ fp32 on CPU, bf16 on GPU. Causal LM loss is transformers' shifted cross-entropy 
 `bsm_ray.data.masking`, deterministic in (seed, row id, step).
 
 Metrics (namespaced): train/loss, train/lr, train/tokens_per_s, train/mfu, val/loss/<source>,
-val/loss, val/ppl, data/mix/<source> (realized token fraction), data/repeats/<source>.
+val/loss, val/ppl, data/mix/<source> (realized fraction of real tokens, all workers),
+data/repeats/<source>.
 
 Imports torch and deepspeed (inside `train_loop`, after choosing the accelerator).
 """
