@@ -43,7 +43,7 @@ from bsm_ray.data.stream_plan import (
     Unit,
     list_units,
     part_rows,
-    worker_parts,
+    walk_parts,
 )
 
 MLM_ROW_LEN = 512
@@ -77,10 +77,6 @@ class StreamSpec:
     @property
     def is_genome(self) -> bool:
         return self.source == GENOME_KIND
-
-
-def _part_size(unit: Unit, part: Part) -> int:
-    return max(0, -(-(unit.num_rows - part.lane) // part.lanes))
 
 
 def read_part(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -198,31 +194,22 @@ class StreamReader:
         self._iter = self._open(self.position)
 
     def _descriptors(self, start: StreamPosition) -> tuple[list[dict], int]:
-        """Part descriptors from `start` through whole epochs; returns them and the next epoch."""
-        spec, out = self.spec, []
-        epoch, ordinal = start.epoch, start.ordinal
-        while True:
-            parts = worker_parts(self.units, spec.source, epoch, self.rank, self.world, spec.seed)
-            first = start.part if epoch == start.epoch else 0
-            epoch_start = ordinal
-            for part in parts[first:]:
-                unit = self.units[part.unit]
-                skip = start.offset if (epoch == start.epoch and part.index == start.part) else 0
-                size = max(0, _part_size(unit, part) - skip)
+        """Part descriptors from `start` through whole epochs, until `rows_per_dataset` rows;
+        returns them and the next epoch."""
+        spec, out, rows = self.spec, [], 0
+        for epoch in walk_parts(self.units, spec.source, spec.seed, self.rank, self.world, start):
+            for p in epoch:
+                unit = self.units[p.part.unit]
                 out.append({
                     "path": unit.path, "row_group": unit.row_group, "first_row": unit.first_row,
-                    "num_rows": unit.num_rows, "unit": part.unit, "lane": part.lane,
-                    "lanes": part.lanes, "epoch": epoch, "part": part.index, "skip": skip,
-                    "first_ordinal": ordinal, "source": spec.source, "seed": spec.seed,
-                    "seq_len": spec.seq_len, "size": size,
+                    "num_rows": unit.num_rows, "unit": p.part.unit, "lane": p.part.lane,
+                    "lanes": p.part.lanes, "epoch": p.part.epoch, "part": p.part.index,
+                    "skip": p.skip, "first_ordinal": p.first_ordinal, "source": spec.source,
+                    "seed": spec.seed, "seq_len": spec.seq_len, "size": p.size,
                 })  # fmt: skip
-                ordinal += size
-            if epoch > start.epoch and ordinal == epoch_start:
-                raise ValueError(f"{spec.dataset}: source {spec.source!r} gives worker "
-                                 f"{self.rank} of {self.world} no rows")  # fmt: skip
-            epoch += 1
-            if ordinal - start.ordinal >= spec.rows_per_dataset:
-                return out, epoch
+                rows += p.size
+            if rows >= spec.rows_per_dataset:
+                return out, out[-1]["epoch"] + 1
 
     def _open(self, start: StreamPosition):
         descriptors, self._next_epoch = self._descriptors(start)

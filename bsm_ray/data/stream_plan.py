@@ -28,6 +28,7 @@ Pure module: numpy and pyarrow.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -122,25 +123,51 @@ def part_rows(unit: Unit, part: Part, seed: int, source: str) -> np.ndarray:
     return perm[part.lane :: part.lanes]
 
 
+def part_size(unit: Unit, part: Part) -> int:
+    """Rows in `part` (the length of `part_rows`, without the permutation)."""
+    return max(0, -(-(unit.num_rows - part.lane) // part.lanes))
+
+
+@dataclass(frozen=True)
+class PlannedPart:
+    """A part as a stream from some position reads it: `skip` consumed rows dropped, `size`
+    rows left, the first of them the worker's `first_ordinal`-th row of the source."""
+
+    part: Part
+    skip: int
+    size: int
+    first_ordinal: int
+
+
+def walk_parts(units: list[Unit], source: str, seed: int, rank: int, world: int,
+               start: StreamPosition) -> Iterator[list[PlannedPart]]:  # fmt: skip
+    """Worker `rank`'s parts from `start` on, one list per epoch, without end; an epoch that
+    gives the worker no rows at all is an error."""
+    epoch, ordinal = start.epoch, start.ordinal
+    while True:
+        parts = worker_parts(units, source, epoch, rank, world, seed)
+        first = start.part if epoch == start.epoch else 0
+        planned, epoch_start = [], ordinal
+        for part in parts[first:]:
+            skip = start.offset if (epoch == start.epoch and part.index == start.part) else 0
+            size = max(0, part_size(units[part.unit], part) - skip)
+            planned.append(PlannedPart(part, skip, size, ordinal))
+            ordinal += size
+        if epoch > start.epoch and ordinal == epoch_start:
+            raise ValueError(f"source {source!r} gives worker {rank} of {world} no rows")
+        yield planned
+        epoch += 1
+
+
 def expected_row_ids(units: list[Unit], source: str, seed: int, rank: int, world: int,
                      count: int, start: StreamPosition | None = None) -> list[int]:  # fmt: skip
     """The canonical ids of the next `count` rows worker `rank` streams from `start`: what the
     Ray Data stream must deliver (tests compare the two)."""
-    pos = start or StreamPosition()
     out: list[int] = []
-    epoch, k, offset = pos.epoch, pos.part, pos.offset
-    while len(out) < count:
-        parts = worker_parts(units, source, epoch, rank, world, seed)
-        whole_epoch, got = k == 0 and offset == 0, 0
-        for part in parts[k:]:
-            unit = units[part.unit]
-            rows = part_rows(unit, part, seed, source)[offset:]
+    for epoch in walk_parts(units, source, seed, rank, world, start or StreamPosition()):
+        for p in epoch:
+            unit = units[p.part.unit]
+            rows = part_rows(unit, p.part, seed, source)[p.skip :]
             out.extend(int(unit.first_row + r) for r in rows[: count - len(out)])
-            got += len(rows)
-            offset = 0
             if len(out) >= count:
-                break
-        if whole_epoch and got == 0:
-            raise ValueError(f"source {source!r} gives worker {rank} of {world} no rows")
-        epoch, k = epoch + 1, 0
-    return out
+                return out
