@@ -95,12 +95,11 @@ def _train_workers(address: str, env: dict) -> dict[str, set[int]]:
     return nodes
 
 
-def _trace_pids(trial_dir: Path) -> list[int]:
-    """Pids of the workers that trained a trial's steps, in order (its `trace: true` lines)."""
-    pids = []
-    for f in sorted(trial_dir.glob("trace/rank*.jsonl")):
-        pids += [json.loads(x)["pid"] for x in f.read_text().splitlines() if x.endswith("}")]
-    return pids
+def _trace_pids(trial_dir: Path) -> set[int]:
+    """Pids of the workers that trained a trial's steps (its `trace: true` lines; a line
+    being written is skipped)."""
+    return {json.loads(x)["pid"] for f in trial_dir.glob("trace/rank*.jsonl")
+            for x in f.read_text().splitlines() if x.endswith("}")}  # fmt: skip
 
 
 def _kill_node(temp_dir: str) -> int:
@@ -207,7 +206,7 @@ def test_anneal_on_two_nodes_survives_node_loss_and_resumes(cluster, tmp_path):
     killed = workers[second]
     assert _kill_node(node2_tmp) > 0
     # The victim, if it had trained a step by then (its trace names its workers' pids).
-    victim = next((d for d in trials.glob("*") if killed & set(_trace_pids(d))), None)
+    victim = next((d for d in trials.glob("*") if killed & _trace_pids(d)), None)
     phase(f"second node killed while Train workers {sorted(killed)} ran there "
           f"({'in trial ' + victim.name if victim else 'starting up'})")  # fmt: skip
     finished: list[Path] = []
@@ -242,7 +241,7 @@ def test_anneal_on_two_nodes_survives_node_loss_and_resumes(cluster, tmp_path):
     for trial in summary["trials"]:
         assert max(m["step"] for m in read_metrics(trials / trial["trial_id"])) == STEPS
     if victim is not None:
-        assert set(_trace_pids(victim)) - killed, _trace_pids(victim)
+        assert _trace_pids(victim) - killed, _trace_pids(victim)
     assert summary["grid_steps"] == 2 * STEPS
     assert 0 < summary["asha_steps"] <= summary["grid_steps"]
     assert isinstance(summary["same_winner"], bool)
