@@ -33,6 +33,13 @@ class InputError(BsmRayError):
         where = self.path if record is None else f"{self.path}: record {record}"
         super().__init__(f"{where}: {reason}" + (f" ({detail})" if detail else ""))
 
+    def at(self, record: str | None) -> InputError:
+        """This error naming `record` (the one being read when it happened), unless it names
+        a record already or `record` is None."""
+        if record is None or self.record is not None:
+            return self
+        return InputError(self.path, record, self.reason, self.detail)
+
 
 class TrackingError(BsmRayError):
     """The tracking server could not be reached and `tracking.strict` is set."""

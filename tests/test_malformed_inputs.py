@@ -16,8 +16,8 @@ from bsm_ray.data.builders import (
     build_refseq_pairs,
     build_single,
 )
-from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
-from bsm_ray.data.records import Ledger, iter_fasta, read_fasta_records
+from bsm_ray.data.prepare import PrepareConfig, input_rows, prepare_dataset
+from bsm_ray.data.records import Ledger, iter_fasta, iter_genbank, read_fasta_records
 from bsm_ray.errors import BsmRayError, InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,33 +27,179 @@ def _genbank_files(genbank_dir: Path) -> list[Path]:
     return sorted(p for p in genbank_dir.iterdir() if p.is_file())
 
 
-def test_every_file_of_biopythons_genbank_corpus_is_handled(genbank_dir):
-    """Error mode: documents or an InputError, never another exception; skip mode: counted."""
-    outcomes = {}
-    for path in _genbank_files(genbank_dir):
-        ledger = Ledger(on_invalid="error")
-        try:
-            rows = list(build_refseq_pairs(RefSeqConfig(), str(path), BuildContext(ledger, 0, 0.1)))
-            outcomes[path.name] = ("ok", len(rows))
-        except InputError as exc:
-            msg = str(exc)
-            assert msg.startswith(str(path)) and "\n" not in msg
-            outcomes[path.name] = ("error", exc.reason)
-            skip = Ledger(on_invalid="skip")
-            try:
-                list(build_refseq_pairs(RefSeqConfig(), str(path), BuildContext(skip, 0, 0.1)))
-            except InputError as whole_file:  # unparseable file: the caller counts it
-                skip.invalid("refseq_pair", whole_file)
-            assert skip.num_skipped() >= 1
-    errors = {name: o[1] for name, o in outcomes.items() if o[0] == "error"}
-    # The deliberately broken files are among the rejected ones, each with its reason.
-    assert errors["invalid_product.gb"] == "malformed_genbank"
-    assert errors["no_origin_no_end.gb"] == "malformed_genbank"
-    assert errors["negative_location.gb"] == "bad_cds_location"
-    assert errors["bad_origin_wrap.gb"] == "no_sequence"
-    assert errors["protein_refseq.gb"] == "protein_record"
-    assert errors["NC_005816.faa"] == "malformed_genbank"  # FASTA given as GenBank
-    assert outcomes["NC_000932.gb"] == ("ok", 85)
+_NO_ORIGIN = "no_sequence (record has no ORIGIN data)"
+_GENPEPT = "protein_record (a GenPept (protein) record: its CDS points into a nucleotide record"
+_NO_CDS = "no_rows (1 record read, none gave a row: noted record_without_cds 1)"
+_NOT_GENBANK = "malformed_genbank (no GenBank record found)"
+_WARNED = "parser_warning (BiopythonParserWarning: "
+_SKIPPED_RECORD = {"no_rows": 1}  # + the record's own reason: the file then gave nothing
+
+# Every file of Biopython 1.88's Tests/GenBank and what preparing it alone gives:
+#   error mode: the number of rows written, or how the one error line goes on after
+#               "<path>: " (compared with startswith);
+#   skip mode:  (rows written, skip counts by reason).
+# A record Biopython repaired (any BiopythonParserWarning) is rejected with the warning's text;
+# a file that gives no row is `no_rows`; a file that is not GenBank is `malformed_genbank`.
+GENBANK_CORPUS = {
+    "1MRR_A.gp": (f"record 1MRR_A: {_WARNED}Dropping bond qualifier in feature location; 19 "
+                  "parser warnings in this record)", (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "DS830848.gb": (f"record DS830848.1: {_NO_ORIGIN}", (0, {"no_sequence": 1, "no_rows": 1})),
+    "EU851978.gbk": (1, (1, {})),
+    "EU851978_output.gbk": (1, (1, {})),
+    "EZ116220.gb": (_NO_CDS, (0, {"no_rows": 1})),
+    "GU949562.1.gb": (_NO_CDS, (0, {"no_rows": 1})),
+    "HM138502.gbk": (1, (1, {})),
+    "HM138502_output.gbk": (1, (1, {})),
+    "KF527485.gbk": (1, (1, {})),
+    "KF527485_output.gbk": (1, (1, {})),
+    "NC_000932.faa": (_NOT_GENBANK, (0, {"malformed_genbank": 1})),  # FASTA given as GenBank
+    "NC_000932.gb": (85, (85, {})),
+    "NC_000932.gb.bgz": (85, (85, {})),  # BGZF: multi-member gzip
+    "NC_005816.faa": (_NOT_GENBANK, (0, {"malformed_genbank": 1})),
+    "NC_005816.ffn": (_NOT_GENBANK, (0, {"malformed_genbank": 1})),
+    "NC_005816.fna": (_NOT_GENBANK, (0, {"malformed_genbank": 1})),
+    "NC_005816.gb": (10, (10, {})),
+    "NC_005816.tsv": (_NOT_GENBANK, (0, {"malformed_genbank": 1})),
+    "NP_416719.gbwithparts": (f"record NP_416719.1: {_GENPEPT}",
+                              (0, {"protein_record": 1, **_SKIPPED_RECORD})),
+    "NT_019265.gb": (f"record NT_019265.6: {_NO_ORIGIN}", (0, {"no_sequence": 1, "no_rows": 1})),
+    # Addgene/SnapGene exports have ACCESSION '.': the record is named by its LOCUS name.
+    "addgene-plasmid-11664-sequence-180430.gbk": (
+        f"record Exported: {_WARNED}it appears that '8569..276' is a feature that spans the "
+        "origin, but the sequence topology is undefined; setting feature location to None.)",
+        (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "addgene-plasmid-39296-sequence-49545.gbk": (
+        f"record pFA6a-kanMX6: {_WARNED}Attempting to fix invalid location '3922..2' as it "
+        "looks like incorrect origin wrapping.", (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "arab1.gb": (18, (18, {})),
+    "bad_loc_wrap.gb": (f"record AC007323_part: {_WARNED}Non-standard feature line wrapping "
+                        "(didn't break on comma)?)", (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "bad_origin_wrap.gb": (f"record XX_123456.1: {_WARNED}Attempting to fix invalid location "
+                           "'6801..100' as it looks like incorrect origin wrapping.",
+                           (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "bad_origin_wrap_CDS.gb": (f"record Exported: {_WARNED}Attempting to fix invalid location "
+                               "'238..50' as it looks like incorrect origin wrapping.",
+                               (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "bad_origin_wrap_fuzzy.gb": (f"record L09137.2: {_WARNED}Attempting to fix invalid location "
+                                 "'<2644..159'", (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "bad_origin_wrap_linear.gb": (f"record XX_123456.1: {_WARNED}it appears that '6801..100' is "
+                                  "a feature that spans the origin, but the sequence topology is "
+                                  "undefined", (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "blank_seq.gb": (f"record NP_001832.1: {_GENPEPT}",
+                     (0, {"protein_record": 1, **_SKIPPED_RECORD})),
+    "cor6_6.gb": (6, (6, {})),
+    "cor6_6.gb.bgz": (6, (6, {})),
+    "dbsource_wrap.gb": (f"record P01485: {_GENPEPT}", (0, {"protein_record": 1, "no_rows": 1})),
+    "empty_accession.gbk": (_NO_CDS, (0, {"no_rows": 1})),
+    "empty_feature_qualifier.gb": (_NO_CDS, (0, {"no_rows": 1})),
+    "empty_version.gbk": (_NO_CDS, (0, {"no_rows": 1})),
+    "extra_keywords.gb": ("record AL138972.1 CDS CAB72295.1: bad_cds_location (Feature references "
+                          "another sequence (AL121804.2), references mandatory)",
+                          (11, {"bad_cds_location": 1})),
+    "gbvrl1_start.seq": (3, (3, {})),
+    "invalid_locus_line_spacing.gb": (f"record AB070938.1: {_WARNED}Attempting to parse malformed "
+                                      "locus line: 'LOCUS AB070938 6497 bp DNA linear BCT",
+                                      (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "invalid_misc_feature.gb": (f"record AB070938.1: {_WARNED}line too short to contain a "
+                                "feature: ' misc_feature')",
+                                (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "invalid_product.gb": ("record #1: malformed_genbank (Problem with 'CDS' feature: 1..42 "
+                           '/note="Fake CDS" /product "invalid multiline',
+                           (0, {"malformed_genbank": 1})),
+    "invalid_structured_comment.gb": (f"record AYW00820.1: {_WARNED}Structured comment not parsed "
+                                      "on malformed header line: Assembly method: IDBA-UD; 2 "
+                                      "parser warnings in this record)",
+                                      (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "iro.gb": (_NO_CDS, (0, {"no_rows": 1})),
+    "negative_location.gb": (f"record AB070938.1: {_WARNED}negative starting position in feature "
+                             "location '-2..492'; setting feature location to None.)",
+                             (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "no_end_marker.gb": (f"record AB070938.1: {_WARNED}Premature end of file in sequence data)",
+                         (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "no_origin_no_end.gb": ("record #1: malformed_genbank (Premature end of line during features "
+                            "table)", (0, {"malformed_genbank": 1})),
+    "noref.gb": (1, (1, {})),
+    "noref_date_warning.gb": (f"record NM_006141.1: {_WARNED}LOCUS line does not contain - at "
+                              "position 65 in date:",
+                              (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    # Two CDS of one_of.gb point into other records (join(U18267.1:...)): a clean reason each.
+    "one_of.gb": ("record U18266.1 CDS AAB60434.1: bad_cds_location (Feature references another "
+                  "sequence (U18267.1), references mandatory)",
+                  (0, {"bad_cds_location": 2, "no_rows": 1})),
+    "origin_line.gb": (_NO_CDS, (0, {"no_rows": 1})),
+    "pBAD30.gb": ("record pBAD30 CDS cds1: untranslatable_cds (Final codon 'CTG' is not a stop "
+                  "codon)", (1, {"untranslatable_cds": 1})),
+    "pri1.gb": (_NO_CDS, (0, {"no_rows": 1})),
+    "protein_refseq.gb": (f"record NP_034640.1: {_GENPEPT}",
+                          (0, {"protein_record": 1, **_SKIPPED_RECORD})),
+    "protein_refseq2.gb": (f"record NP_034640.1: {_GENPEPT}",
+                           (0, {"protein_record": 1, **_SKIPPED_RECORD})),
+    "qualifier_escaping_read.gb": (f"record NP_034640.1: {_WARNED}The NCBI states double-quote "
+                                   'characters like " should be escaped as ""',
+                                   (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+    "qualifier_escaping_write.gb": (f"record NP_034640.1: {_GENPEPT}",
+                                    (0, {"protein_record": 1, **_SKIPPED_RECORD})),
+    "tls_KDHP01000000.gb": (f"record KBUV00000000.1: {_NO_ORIGIN}",
+                            (0, {"no_sequence": 1, "no_rows": 1})),
+    "tsa_acropora.gb": (f"record GHGH00000000.1: {_NO_ORIGIN}",
+                        (0, {"no_sequence": 1, "no_rows": 1})),
+    "wrong_sequence_indent.gb": (f"record AB070938.1: {_WARNED}Invalid indentation for sequence "
+                                 "line; 109 parser warnings in this record)",
+                                 (0, {"parser_warning": 1, **_SKIPPED_RECORD})),
+}  # fmt: skip
+
+
+def _prepare_one_genbank(path: Path, on_invalid: str) -> tuple[list, Ledger]:
+    """One GenBank file through the builder and the per-input policy `prepare_dataset` applies."""
+    ctx = BuildContext(Ledger(on_invalid=on_invalid), 0, 0.1)
+    rows = list(
+        input_rows(
+            "refseq_pair", str(path), build_refseq_pairs(RefSeqConfig(), str(path), ctx), ctx
+        )
+    )
+    return rows, ctx.ledger
+
+
+def test_every_file_of_biopythons_genbank_corpus_has_its_expected_outcome(genbank_dir, recwarn):
+    files = _genbank_files(genbank_dir)
+    assert sorted(p.name for p in files) == sorted(GENBANK_CORPUS)  # 58 files, none unexpected
+    for path in files:
+        expected_error, (expected_rows, expected_skips) = GENBANK_CORPUS[path.name]
+        if isinstance(expected_error, int):
+            rows, _ = _prepare_one_genbank(path, "error")
+            assert len(rows) == expected_error, path.name
+        else:
+            with pytest.raises(InputError) as info:
+                _prepare_one_genbank(path, "error")
+            message = str(info.value)
+            assert "\n" not in message, path.name
+            assert message.startswith(f"{path}: {expected_error}"), message
+        rows, ledger = _prepare_one_genbank(path, "skip")
+        assert (len(rows), dict(ledger.skipped.get("refseq_pair", {}))) == (
+            expected_rows,
+            expected_skips,
+        ), path.name
+    # Biopython's warnings became reasons above; none reached the warnings machinery.
+    assert [str(w.message) for w in recwarn if "Bio" in w.category.__name__] == []
+
+
+def test_repaired_record_is_rejected_and_the_good_ones_kept(tmp_path, genbank_dir):
+    """A file with a good record and a repaired one (no `//` at the end of the file)."""
+    path = tmp_path / "two.gb"
+    path.write_bytes(
+        (genbank_dir / "NC_005816.gb").read_bytes()
+        + (genbank_dir / "no_end_marker.gb").read_bytes()
+    )
+    rows, ledger = _prepare_one_genbank(path, "skip")
+    assert len(rows) == 10 and {r["source_record"].split()[0] for _s, r in rows} == {"NC_005816.1"}
+    assert dict(ledger.skipped["refseq_pair"]) == {"parser_warning": 1}
+    assert ledger.examples["refseq_pair/parser_warning"] == [
+        f"{path}: record AB070938.1: parser_warning (BiopythonParserWarning: Premature end of file "
+        "in sequence data)"
+    ]
+    # The strict reader (the Central Dogma task uses it) raises on the repaired record.
+    with pytest.raises(InputError, match="record AB070938.1: parser_warning"):
+        list(iter_genbank(path))
 
 
 def test_job_prints_one_line_and_no_traceback(tmp_path, genbank_dir):
@@ -80,8 +226,10 @@ def test_skip_mode_counts_every_malformed_genbank_file(tmp_path, genbank_dir):
         )
     )  # fmt: skip
     skipped = result.manifest["ledger"]["skipped"]["refseq_pair"]
-    # one_of.gb has two CDS pointing into other records, negative_location.gb one
-    assert skipped == {"bad_cds_location": 3, "malformed_genbank": 2}
+    # one_of.gb: two CDS pointing into other records, then no row; negative_location.gb: a
+    # location Biopython set to None (a parser warning), then no row; two unparseable files
+    assert skipped == {"bad_cds_location": 2, "malformed_genbank": 2, "no_rows": 2,
+                       "parser_warning": 1}  # fmt: skip
     assert (
         result.manifest["totals"]["refseq_pair"]["train"]["rows"]
         + result.manifest["totals"]["refseq_pair"].get("val", {"rows": 0})["rows"]

@@ -39,13 +39,21 @@ import numpy as np
 from bsm_ray.data.detect import DetectorConfig, detect_sequences
 from bsm_ray.data.records import (
     Ledger,
+    genbank_label,
     iter_fasta,
-    iter_genbank,
+    parse_genbank,
     read_fasta_records,
+    repaired_record_error,
     validate_sequence,
 )
 from bsm_ray.errors import InputError
-from bsm_ray.fileio import open_text
+from bsm_ray.fileio import (
+    numbered_lines,
+    open_text,
+    open_text_bytes,
+    sniff_format,
+    undecodable_line_error,
+)
 from bsm_ray.tokenizers.alphabets import first_invalid, guess_modality
 from bsm_ray.tokenizers.char import BsmCharTokenizer, format_document
 
@@ -78,14 +86,16 @@ def split_of(seed: int, key: str, val_fraction: float) -> str:
 @dataclass
 class BuildContext:
     """What every builder shares in one run: the skip ledger, the seed, the val fraction,
-    statistics (bp read, pieces, ...), parser warnings and the ids seen per kind."""
+    statistics (bp read, pieces, ...), records read per input file and the ids seen per kind."""
 
     ledger: Ledger = field(default_factory=Ledger)
     seed: int = 0
     val_fraction: float = 0.0
     progress: bool = False
     stats: Counter = field(default_factory=Counter)
-    warnings: Counter = field(default_factory=Counter)
+    records_read: Counter = field(default_factory=Counter)
+    """Records (FASTA records, GenBank records, documents, gene-map lines) read per input path,
+    valid or not: what a file that gave no row is reported with."""
     seen: dict[str, set] = field(default_factory=lambda: defaultdict(set))
 
     def split(self, key: str) -> str:
@@ -158,6 +168,7 @@ def build_single(
     record_id = ""
     for chunk in iter_fasta(path, chunk_bytes=max_doc_letters):
         if chunk.first:
+            ctx.records_read[path] += 1
             pending, skipping, offset, part = [], False, 0, 0
             record_id = chunk.record_id
             if record_id in seen_ids:
@@ -269,12 +280,17 @@ def _gene_dna(feature, record_seq, flank_bp: int) -> tuple[str | None, str | Non
 def build_refseq_pairs(
     config: RefSeqConfig, path: str, ctx: BuildContext
 ) -> Iterator[tuple[str, Row]]:
+    from Bio.Data.CodonTable import unambiguous_dna_by_id
     from Bio.Seq import UndefinedSequenceError
 
     kind = "refseq_pair"
     ledger, seen_ids = ctx.ledger, ctx.seen[kind]
-    for record in iter_genbank(path, ctx.warnings):
-        rid = record.id
+    for record, repairs in parse_genbank(path):
+        ctx.records_read[path] += 1
+        rid = genbank_label(record)
+        if repairs:  # Biopython guessed at part of this record: none of it is trusted
+            ledger.invalid(kind, repaired_record_error(path, rid, repairs))
+            continue
         if rid in seen_ids:
             ledger.invalid(kind, InputError(path, rid, "duplicate_id"))
             continue
@@ -307,10 +323,14 @@ def build_refseq_pairs(
             if "pseudo" in q or "pseudogene" in q:
                 ledger.note(kind, "pseudo_cds_skipped", where)
                 continue
+            table_text = q.get("transl_table", ["1"])[0]
+            if not table_text.isdigit() or int(table_text) not in unambiguous_dna_by_id:
+                ledger.invalid(kind, InputError(path, where, "bad_transl_table", repr(table_text)))
+                continue
+            table = int(table_text)
             try:
-                table = int(q.get("transl_table", ["1"])[0])
                 rna_dna = str(feature.extract(record_seq)).upper()
-            except Exception as exc:  # bad location or table
+            except Exception as exc:  # a location pointing into another record, out of range
                 ledger.invalid(kind, InputError(path, where, "bad_cds_location", str(exc)[:120]))
                 continue
             try:
@@ -405,17 +425,19 @@ def modality_from_accession(accession: str) -> str | None:
     return _ACCESSION_MODALITY.get(accession[:3])
 
 
-def _read_gene_map(path: str, ledger: Ledger) -> dict[str, list[tuple[str, str | None]]]:
+def _read_gene_map(path: str, ctx: BuildContext) -> dict[str, list[tuple[str, str | None]]]:
     genes: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
     kind = "gene_pair"
+    ledger = ctx.ledger
     with open_text(path) as fh:
-        for line_no, line in enumerate(fh, start=1):
+        for line_no, line in numbered_lines(fh):
             line = line.rstrip("\n\r")
             if not line.strip() or line.startswith("#"):
                 continue
             cols = line.split("\t")
             if line_no == 1 and cols[0].strip().lower() == "gene_id":
                 continue
+            ctx.records_read[path] += 1
             if len(cols) not in (2, 3) or not cols[0].strip() or not cols[1].strip():
                 ledger.invalid(
                     kind,
@@ -443,7 +465,7 @@ def build_gene_pairs(config: GenePairsConfig, ctx: BuildContext) -> Iterator[tup
     ledger = ctx.ledger
     if config.tsv is None:
         return
-    genes = _read_gene_map(config.tsv, ledger)
+    genes = _read_gene_map(config.tsv, ctx)
     wanted: dict[str, tuple[str, str | None]] = {}  # accession (and versionless) -> gene, mod
     for gene_id, accs in genes.items():
         for acc, modality in accs:
@@ -453,25 +475,36 @@ def build_gene_pairs(config: GenePairsConfig, ctx: BuildContext) -> Iterator[tup
     rejected: set[str] = set()
     versionless = {a.split(".")[0]: a for a in wanted}
     for path in config.fasta:
-        for rid, _desc, _idx, seq in read_fasta_records(path):
-            key = rid if rid in wanted else versionless.get(rid.split(".")[0], "")
-            if not key:
-                continue
-            if key in found:
-                ledger.invalid(kind, InputError(path, rid, "duplicate_id"))
-                continue
-            _gene, modality = wanted[key]
-            seq = seq.upper()
-            modality = modality or modality_from_accession(key) or guess_modality(seq)
-            if modality == "rna" and "T" in seq and "U" not in seq:
-                seq = seq.replace("T", "U")  # transcripts are stored in DNA letters
-            try:
-                validate_sequence(seq, modality, path, rid)
-            except InputError as exc:
-                ledger.invalid(kind, exc)
-                rejected.add(key)  # counted once, as invalid, not again as missing
-                continue
-            found[key] = (modality, seq, path)
+        num_found = len(found)
+        try:
+            for rid, _desc, _idx, seq in read_fasta_records(path):
+                ctx.records_read[path] += 1
+                key = rid if rid in wanted else versionless.get(rid.split(".")[0], "")
+                if not key:
+                    continue
+                if key in found:
+                    ledger.invalid(kind, InputError(path, rid, "duplicate_id"))
+                    continue
+                _gene, modality = wanted[key]
+                seq = seq.upper()
+                modality = modality or modality_from_accession(key) or guess_modality(seq)
+                if modality == "rna" and "T" in seq and "U" not in seq:
+                    seq = seq.replace("T", "U")  # transcripts are stored in DNA letters
+                try:
+                    validate_sequence(seq, modality, path, rid)
+                except InputError as exc:
+                    ledger.invalid(kind, exc)
+                    rejected.add(key)  # counted once, as invalid, not again as missing
+                    continue
+                found[key] = (modality, seq, path)
+        except InputError as exc:  # the file broke off: the other files still count
+            ledger.invalid(kind, exc)
+            continue
+        if len(found) == num_found:  # this file gave no sequence to any gene
+            n = ctx.records_read[path]
+            detail = f"{n} record{'s' if n != 1 else ''} read, none in the gene map {config.tsv}"
+            detail = detail if n else "no records in the file"
+            ledger.invalid(kind, InputError(path, None, "no_rows", detail))
     for gene_id in sorted(genes):
         members = []
         for acc, _mod in genes[gene_id]:
@@ -536,30 +569,71 @@ class WebConfig:
         self.documents = _expand(self.documents)
 
 
-def _iter_text_documents(path: str, cfg: WebConfig, ledger: Ledger) -> Iterator[tuple[str, str]]:
-    kind = "web"
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
+def _parquet_error(path: str, exc: Exception, where: str | None = None) -> InputError:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    return InputError(path, where, "malformed_parquet", text)
 
+
+def _parquet_batches(path: str, columns: list[str]):
+    """Yield a Parquet file's column names, then record batches of those `columns` it has. A
+    file that is not Parquet, is cut short (no footer) or has a corrupt page raises
+    `InputError(malformed_parquet)`, naming the row where the failure starts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
         pf = pq.ParquetFile(path)
-        if cfg.text_field not in pf.schema_arrow.names:
+        names = pf.schema_arrow.names
+    except (pa.ArrowException, OSError) as exc:
+        raise _parquet_error(path, exc) from None
+    yield names
+    rows = 0
+    batches = pf.iter_batches(columns=[c for c in columns if c in names], batch_size=4096)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:
+            raise _parquet_error(path, exc, f"row {rows + 1}") from None
+        rows += batch.num_rows
+        yield batch
+
+
+def _iter_text_documents(path: str, cfg: WebConfig, ctx: BuildContext) -> Iterator[tuple[str, str]]:
+    kind = "web"
+    ledger = ctx.ledger
+    # Parquet by its leading magic bytes, or by name (so an empty or garbled .parquet file is
+    # reported as bad Parquet, not as bad JSON lines).
+    if path.endswith(".parquet") or sniff_format(path) == "parquet":
+        batches = _parquet_batches(path, [cfg.text_field, cfg.id_field])
+        names = next(batches)
+        if cfg.text_field not in names:
             raise InputError(path, None, "missing_text_column", cfg.text_field)
-        has_id = cfg.id_field in pf.schema_arrow.names
-        columns = [cfg.text_field] + ([cfg.id_field] if has_id else [])
+        has_id = cfg.id_field in names
         row = 0
-        for batch in pf.iter_batches(columns=columns, batch_size=4096):
+        for batch in batches:
             texts = batch.column(cfg.text_field).to_pylist()
             ids = batch.column(cfg.id_field).to_pylist() if has_id else [None] * len(texts)
             for text, doc_id in zip(texts, ids, strict=True):
                 row += 1
+                ctx.records_read[path] += 1
                 if not isinstance(text, str):
                     ledger.invalid(kind, InputError(path, f"row {row}", "missing_text"))
                     continue
                 yield (str(doc_id) if doc_id is not None else f"{path}:{row}"), text
         return
-    with open_text(path) as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
+    # JSONL: one JSON value per LF-separated line; each line is decoded on its own, so a line
+    # that is not UTF-8 is one invalid document, not the end of the file.
+    with open_text_bytes(path) as fh:
+        for line_no, raw in numbered_lines(fh):
+            if not raw.strip():
+                continue
+            ctx.records_read[path] += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                ledger.invalid(kind, undecodable_line_error(path, line_no, raw, exc))
                 continue
             try:
                 obj = json.loads(line)
@@ -579,7 +653,7 @@ def _iter_text_documents(path: str, cfg: WebConfig, ledger: Ledger) -> Iterator[
 def build_web(cfg: WebConfig, path: str, ctx: BuildContext) -> Iterator[tuple[str, Row]]:
     kind = "web"
     ledger, seen_ids = ctx.ledger, ctx.seen[kind]
-    for doc_id, text in _iter_text_documents(path, cfg, ledger):
+    for doc_id, text in _iter_text_documents(path, cfg, ctx):
         ctx.stats["web/documents_read"] += 1
         if doc_id in seen_ids:
             ledger.invalid(kind, InputError(path, doc_id, "duplicate_id"))
@@ -677,12 +751,14 @@ def _genome_pieces(cfg, path, ctx, chunk_bytes, progress):
     offset = 0  # position of carry[0] in the N-removed chromosome
     invalid = False
     chrom = ""
+    chrom_bp = 0  # letters read of this chromosome, N included
     seen_chroms: set[str] = set()
     for chunk in iter_fasta(path, chunk_bytes=chunk_bytes):
         progress.update(len(chunk.seq))
         if chunk.first:
+            ctx.records_read[path] += 1
             chrom = chunk.record_id
-            carry, offset, invalid = b"", 0, False
+            carry, offset, invalid, chrom_bp = b"", 0, False, 0
             if chrom in seen_chroms:
                 ledger.invalid(kind, InputError(path, chrom, "duplicate_id"))
                 invalid = True
@@ -695,6 +771,10 @@ def _genome_pieces(cfg, path, ctx, chunk_bytes, progress):
             continue
         raw = chunk.seq.upper()
         ctx.stats["genome/bp_read"] += len(raw)
+        chrom_bp += len(raw)
+        if chunk.last and chrom_bp == 0:  # a header with no sequence after it
+            ledger.invalid(kind, InputError(path, chrom, "empty_sequence"))
+            continue
         seq = raw.replace(b"N", b"")
         ctx.stats["genome/n_removed"] += len(raw) - len(seq)
         bad = first_invalid(seq, "dna")

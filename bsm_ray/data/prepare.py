@@ -4,6 +4,12 @@ The dataset is built in a staging directory beside `output_dir` and renamed into
 when every shard and the manifest are written: a crash or an `--on-invalid error` stop leaves
 the previous dataset (if any) untouched and no half-built one under the final name.
 
+Nothing vanishes: an input path that is missing, a directory or unreadable stops the run before
+anything is read (in both `on_invalid` modes: it is a config mistake, not bad data); an input
+file that gives no row at all (empty, a header only, every record rejected or filtered) is an
+invalid input, `no_rows`, raised or counted like a bad record; and a preparation that gives no
+row from any input fails instead of publishing an empty dataset.
+
 Imports Biopython, numpy, pyarrow, tqdm; no ray, torch or mlflow.
 """
 
@@ -13,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -43,7 +50,7 @@ from bsm_ray.data.shards import (
     write_manifest,
 )
 from bsm_ray.errors import BsmRayError, InputError
-from bsm_ray.fileio import sha256_file
+from bsm_ray.fileio import check_readable_file, sha256_file
 from bsm_ray.tokenizers import BsmCharTokenizer, KmerTokenizer
 
 
@@ -111,9 +118,8 @@ class PrepareResult:
 
 
 def _input_entry(path: str, kind: str, synthetic: bool = False) -> dict:
+    check_readable_file(path)
     p = Path(path)
-    if not p.is_file():
-        raise InputError(path, None, "file_not_found")
     return {
         "path": str(p),
         "kind": kind,
@@ -172,17 +178,19 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
         file=sys.stderr, dynamic_ncols=True,
     )  # fmt: skip
     try:
+        num_rows = 0
         for kind, paths, rows in tasks:
             bar.set_postfix_str(Path(paths[0]).name)
-            for split, row in _guard(kind, ctx.ledger, rows):
+            for split, row in input_rows(kind, paths[0], rows, ctx):
                 writers[(kind, split)].add(row)
+                num_rows += 1
             bar.update(len(paths))
+        if num_rows == 0:
+            raise BsmRayError(_nothing_prepared(config, len(inputs), ctx.ledger))
         for w in writers.values():
             w.close()
         bar.close()
         ledger_dict = ctx.ledger.as_dict()
-        if ctx.warnings:
-            ledger_dict["parser_warnings"] = dict(ctx.warnings)
         manifest = build_manifest(
             config=to_dict(config),
             tokenizers={
@@ -203,15 +211,61 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
     return PrepareResult(final, manifest.__dict__, time.time() - t0)
 
 
-def _guard(kind: str, ledger: Ledger, rows):
-    """Turn a whole-file failure (malformed file) into a counted skip in `skip` mode.
+def input_rows(kind: str, path: str, rows: Iterator, ctx: BuildContext) -> Iterator:
+    """One input's rows (a builder's `(split, row)` pairs), under the policy every input gets.
 
-    Rows already produced from the file before the failure are kept (they were valid).
+    A whole-file failure (a malformed or truncated file) is raised in `error` mode and counted
+    in `skip` mode; rows produced before it are kept (they were valid). An input that ends
+    normally with no row at all is `no_rows`, raised or counted the same way. `path` names the
+    input (for gene pairs: the gene map, the FASTA files are checked by the builder).
     """
+    before = _ledger_counts(ctx.ledger, kind)
+    num_rows = 0
     try:
-        yield from rows
+        for item in rows:
+            num_rows += 1
+            yield item
     except InputError as exc:
-        ledger.invalid(kind, exc)
+        ctx.ledger.invalid(kind, exc)
+        return
+    if num_rows == 0:
+        ctx.ledger.invalid(kind, _no_rows_error(path, kind, ctx, before))
+
+
+def _ledger_counts(ledger: Ledger, kind: str) -> dict[str, int]:
+    """Skip and note counts of `kind` by reason (a snapshot, to diff over one input)."""
+    counts = {f"skipped {r}": n for r, n in ledger.skipped.get(kind, {}).items()}
+    counts.update({f"noted {r}": n for r, n in ledger.notes.get(kind, {}).items()})
+    return counts
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _no_rows_error(path: str, kind: str, ctx: BuildContext, before: dict[str, int]) -> InputError:
+    """`no_rows` for an input that gave nothing, saying what became of its records."""
+    num_records = ctx.records_read[path]
+    if num_records == 0:
+        return InputError(path, None, "no_rows", "no records in the file")
+    after = _ledger_counts(ctx.ledger, kind)
+    changes = [f"{key} {after[key] - before.get(key, 0)}" for key in sorted(after)
+               if after[key] != before.get(key, 0)]  # fmt: skip
+    detail = f"{_plural(num_records, 'record')} read, none gave a row"
+    return InputError(
+        path, None, "no_rows", detail + (f": {', '.join(changes)}" if changes else "")
+    )
+
+
+def _nothing_prepared(config: PrepareConfig, num_inputs: int, ledger: Ledger) -> str:
+    if num_inputs == 0:
+        return "no input files: set sample: true or list inputs (single, refseq.genbank, ...)"
+    skipped = [f"{kind}/{reason} {n}" for kind, counts in sorted(ledger.skipped.items())
+               for reason, n in sorted(counts.items())]  # fmt: skip
+    return (
+        f"no rows from any of the {_plural(num_inputs, 'input file')}; nothing published to "
+        f"{config.output_dir}" + (f" (skipped: {', '.join(skipped)})" if skipped else "")
+    )
 
 
 def publish_dataset(staging: Path, final: Path) -> None:

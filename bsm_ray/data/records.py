@@ -1,12 +1,21 @@
-"""Reading sequence files (FASTA, GenBank; plain or gzipped), validation, and the skip ledger.
+"""Reading sequence files (FASTA, GenBank; plain or compressed), validation, the skip ledger.
+
+Files are opened through `bsm_ray.fileio` (compression by magic bytes, byte-order marks, UTF-16,
+and every read failure, such as a truncated .gz, as an `InputError`); the readers here add the
+record that was being read when a file broke off.
 
 - GenBank is parsed by Biopython (`Bio.SeqIO.parse(handle, "genbank")`), one record at a time.
-  Parser errors and warnings become one-line `InputError`s naming file, record and reason.
+  Parser errors become one-line `InputError`s naming file, record and reason. Parser *warnings*
+  (`BiopythonParserWarning`: a malformed LOCUS line, a bad sequence indent, a missing `//`, a
+  location "fixed" by guessing) mean Biopython repaired the record on its own guess:
+  `parse_genbank` returns them with each record, and `repaired_record_error` makes the one-line
+  error (`parser_warning`, the warning text as detail) that callers raise or count.
 - FASTA is read by `iter_fasta`, a line streamer that yields each record's sequence in chunks of
   bounded size: a chromosome-sized record never has to sit in memory in several copies (Biopython's
   FASTA parsers build a list of lines and then join them, two copies of every record). Headers
   follow Biopython's convention (id = title up to the first whitespace), and the test suite checks
-  it against `Bio.SeqIO` on Biopython's own FASTA corpus.
+  it against `Bio.SeqIO` on Biopython's own FASTA corpus. Line ends may be LF, CRLF or CR (old
+  Mac files); a header that is not UTF-8 is read as latin-1 (every byte is a latin-1 letter).
 - `Ledger` applies the `--on-invalid {error,skip}` policy: in `error` mode an invalid record
   raises; in `skip` mode it is counted per (source kind, reason) with a few examples, and the
   counts go into the manifest and the job's summary. Nothing is dropped without a count.
@@ -24,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from bsm_ray.errors import InputError
-from bsm_ray.fileio import open_binary, open_text
+from bsm_ray.fileio import open_text, open_text_bytes
 from bsm_ray.tokenizers.alphabets import first_invalid
 
 OnInvalid = Literal["error", "skip"]
@@ -124,13 +133,14 @@ _READ_BYTES = 1 << 20
 
 
 def iter_fasta(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[FastaChunk]:
-    """Stream a FASTA file (plain or gzipped) as bounded chunks of each record's sequence.
+    """Stream a FASTA file (plain or compressed) as bounded chunks of each record's sequence.
 
     Chunks hold at most `chunk_bytes` letters, so memory is O(chunk_bytes) whatever the record
-    size. The file is read in 1 MiB blocks and line breaks are removed with one
+    size. The file is read in blocks of up to 1 MiB and line breaks are removed with one
     `bytes.translate` per block (no per-line Python loop). A record with a header and no
     sequence yields one empty chunk (so the caller can reject it as empty). Raises `InputError`
-    for data before the first header and for a header with no id.
+    for data before the first header, for a header with no id, and for a file that cannot be
+    read to its end (naming the record being read when it broke off).
     """
     path = str(path)
     record_id: str | None = None
@@ -141,11 +151,20 @@ def iter_fasta(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[FastaCh
     first = True
     lines_done = 0  # newlines in the blocks already processed (for error line numbers)
     pending = b""
-    with open_binary(path) as fh:
+    held = b""  # a block's final CR, held back: it may be the first half of a CRLF
+    with open_text_bytes(path) as fh:
         eof = False
         while not eof:
-            block = fh.read(_READ_BYTES)
+            try:
+                block = fh.read1(_READ_BYTES)  # one chunk: data before a failure comes first
+            except InputError as exc:  # truncated or corrupt compressed data, I/O error
+                raise exc.at(record_id) from None
             if block:
+                if held or b"\r" in block:  # CRLF and CR-only line ends -> LF
+                    block, held = held + block, b""
+                    if block.endswith(b"\r"):
+                        block, held = block[:-1], b"\r"
+                    block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
                 data = pending + block
                 cut = data.rfind(b"\n") + 1
                 if cut == 0:  # no complete line yet
@@ -153,7 +172,7 @@ def iter_fasta(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[FastaCh
                     continue
                 data, pending = data[:cut], data[cut:]
             else:
-                data, pending, eof = pending, b"", True
+                data, pending, eof = pending + held.replace(b"\r", b"\n"), b"", True
             pos = 0
             while pos < len(data):
                 if data[pos] == 0x3E:  # '>' at a line start: a header line
@@ -161,7 +180,7 @@ def iter_fasta(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[FastaCh
                     end = len(data) if end < 0 else end
                     if record_id is not None:
                         yield FastaChunk(record_id, description, index, b"".join(buf), first, True)
-                    title = data[pos + 1 : end].strip().decode("utf-8", errors="replace")
+                    title = _decode_header(data[pos + 1 : end].strip())
                     if not title:
                         line_no = lines_done + data.count(b"\n", 0, pos) + 1
                         detail = f"empty header at line {line_no}"
@@ -200,6 +219,13 @@ def iter_fasta(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[FastaCh
         yield FastaChunk(record_id, description, index, b"".join(buf), first, True)
 
 
+def _decode_header(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:  # e.g. an accented organism name from a latin-1 era tool
+        return raw.decode("latin-1")
+
+
 def read_fasta_records(path: str | Path) -> Iterator[tuple[str, str, int, str]]:
     """Whole records (id, description, index, sequence as str) for files of modest records."""
     parts: list[bytes] = []
@@ -218,17 +244,36 @@ def read_fasta_records(path: str | Path) -> Iterator[tuple[str, str, int, str]]:
 # --- GenBank ------------------------------------------------------------------------------------
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+def _one_line(text: str, limit: int = 160) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def iter_genbank(path: str | Path, warning_sink: Counter | None = None) -> Iterator:
-    """Yield Biopython SeqRecords from a GenBank file (plain or gzipped), one at a time.
+def genbank_label(record) -> str:
+    """A GenBank record's id for messages and row ids: the accession.version, or the LOCUS name
+    where the accession is a placeholder ('.' in files exported by SnapGene and Addgene)."""
+    if record.id and record.id not in (".", "<unknown id>"):
+        return record.id
+    return record.name or record.id
 
-    Any parser exception becomes `InputError(reason="malformed_genbank")` naming the record number
-    (and the last good record's id) where it happened. Biopython parser warnings are counted in
-    `warning_sink` (by warning class) rather than printed line by line.
+
+def repaired_record_error(path: str, record: str, repairs: list[str]) -> InputError:
+    """The error for a record Biopython had to repair: its first warning, and how many."""
+    detail = repairs[0]
+    if len(repairs) > 1:
+        detail += f"; {len(repairs)} parser warnings in this record"
+    return InputError(path, record, "parser_warning", detail)
+
+
+def parse_genbank(path: str | Path) -> Iterator[tuple[object, list[str]]]:
+    """Yield (Biopython SeqRecord, parser warnings raised while reading it) from a GenBank file
+    (plain or compressed), one record at a time.
+
+    Any parser exception, and any read failure (a truncated .gz, bytes that are not UTF-8),
+    becomes an `InputError` naming the record number (and the last good record's id) where it
+    happened: `malformed_genbank` for the parser's, the file's own reason otherwise. Warnings
+    are caught per record (`warnings.catch_warnings(record=True)`), never printed; warnings
+    other than `BiopythonParserWarning` are passed on unchanged.
     """
     from Bio import BiopythonParserWarning, SeqIO
 
@@ -238,20 +283,40 @@ def iter_genbank(path: str | Path, warning_sink: Counter | None = None) -> Itera
     with open_text(path) as handle:
         it = SeqIO.parse(handle, "genbank")
         while True:
+            where = f"#{index + 1}" + (f" (after {last_id})" if last_id else "")
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", BiopythonParserWarning)
+                warnings.simplefilter("always")
                 try:
                     record = next(it)
                 except StopIteration:
-                    break
+                    record = None
+                except InputError as exc:  # the file itself broke off or is not text
+                    detail = f"{exc.record}: {exc.detail}" if exc.record else exc.detail
+                    raise InputError(path, where, exc.reason, detail) from None
                 except Exception as exc:  # Biopython raises ValueError, IndexError, ...
-                    where = f"#{index + 1}" + (f" (after {last_id})" if last_id else "")
-                    raise InputError(path, where, "malformed_genbank", _first_line(exc)) from None
-            if warning_sink is not None:
-                for w in caught:
-                    warning_sink[f"{w.category.__name__}: {_first_line(w.message)[:80]}"] += 1
+                    text = _one_line(str(exc)) or type(exc).__name__
+                    raise InputError(path, where, "malformed_genbank", text) from None
+            repairs = []
+            for w in caught:
+                if issubclass(w.category, BiopythonParserWarning):
+                    repairs.append(f"{w.category.__name__}: {_one_line(w.message)}")
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if record is None:
+                if repairs:  # raised while looking for a next record: blame the end of file
+                    raise repaired_record_error(path, f"end of file (after {last_id})", repairs)
+                break
             index += 1
-            last_id = record.id
-            yield record
+            last_id = genbank_label(record)
+            yield record, repairs
     if index == 0:
         raise InputError(path, None, "malformed_genbank", "no GenBank record found")
+
+
+def iter_genbank(path: str | Path) -> Iterator:
+    """Yield the SeqRecords of a GenBank file; strict: a record Biopython had to repair (any
+    `BiopythonParserWarning`) raises `InputError(parser_warning)` (see `parse_genbank`)."""
+    for record, repairs in parse_genbank(path):
+        if repairs:
+            raise repaired_record_error(str(path), genbank_label(record), repairs)
+        yield record
