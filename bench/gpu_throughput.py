@@ -154,7 +154,7 @@ def run_variant(preset_name: str, settings: dict, args, device, peak: float) -> 
     from bsm_ray.models.presets import flops_per_token
     from bsm_ray.tracking.config import TrackingConfig
     from bsm_ray.train.config import TrainConfig
-    from bsm_ray.train.loop import build_engine, optimizer_step, to_device
+    from bsm_ray.train.loop import build_engine, num_targets, optimizer_step, to_device
 
     preset = get_preset(preset_name)
     seq_len = PAPER_CONTEXT[preset_name]
@@ -177,7 +177,8 @@ def run_variant(preset_name: str, settings: dict, args, device, peak: float) -> 
         ids, mask, labels = batches[i % len(batches)]
         batch = {"input_ids": to_device(ids, device), "attention_mask": to_device(mask, device),
                  "labels": to_device(labels, device)}  # fmt: skip
-        return optimizer_step(engine, [batch])
+        targets = num_targets({"labels": labels}, objective)  # one worker: its own count
+        return optimizer_step(engine, [batch], objective, targets, 1) / max(targets, 1)
 
     t_first = time.perf_counter()
     for i in range(args.warmup):

@@ -38,7 +38,9 @@ def main(config: AnnealConfig, args) -> None:
     outcome = run_sweep(config, resume=args.resume, overwrite=args.overwrite)
     w = outcome.summary.winner
     print(f"winning mix: {', '.join(f'{s} {v:.3f}' for s, v in w.mix.items())}"
-          + (f"; switch threshold {w.threshold:.4g}" if w.threshold is not None else "")
+          + (f"; {config.train.masking.switch_rule} switch threshold {w.threshold:.4g} "
+             f"(switched at {w.switch_label(outcome.summary.steps)})"
+             if w.threshold is not None else "")
           + f" (trial {w.trial_id}, objective {w.objective_asha:.4f})")  # fmt: skip
     print(f"next round config: {outcome.best_yaml}")
     print(f"plot: {outcome.plot}")

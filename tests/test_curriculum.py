@@ -87,3 +87,35 @@ def test_schedules_drive_batch_masking():
     step = CmStepSchedule(max_steps=100)
     assert mask_with_schedule(step, ids, am, 0, sid, 0, ranks).strategy == "dnabert"
     assert mask_with_schedule(step, ids, am, 0, sid, 100, ranks).strategy == "global"  # q = 1
+
+
+def test_cm_gems_relative_rule_is_scale_free():
+    """The relative rule switches at the same step whatever the perplexity's scale; the
+    absolute rule (the paper's) switches at different steps for the same curve shape."""
+    from bsm_ray.data.curriculum import first_switch
+
+    shape = [1.0, 0.8, 0.7, 0.66, 0.65, 0.649]  # falls by 20%, 12.5%, 5.7%, 1.5%, 0.15%
+    for scale in (10.0, 4101.0):
+        curve = [(100 * i, scale * v) for i, v in enumerate(shape)]
+        assert first_switch(curve, 0.02, "relative") == 400  # the first fall under 2%
+    small = [(100 * i, 10.0 * v) for i, v in enumerate(shape)]
+    large = [(100 * i, 4101.0 * v) for i, v in enumerate(shape)]
+    assert first_switch(small, 1.0, "absolute") == 300  # 7.0 -> 6.6: the first drop under 1
+    assert first_switch(large, 1.0, "absolute") is None  # drops of 4 or more ppl: never
+    s = CmGemsSchedule(threshold=0.1, rule="relative")
+    s.observe(10, 50.0)
+    assert s.observe(20, 46.0) is True and s.last_drop == pytest.approx(0.08)
+    with pytest.raises(ValueError, match="unknown switch rule"):
+        CmGemsSchedule(rule="ratio")
+
+
+def test_cm_gems_state_keeps_the_rule_and_reads_older_checkpoints():
+    s = CmGemsSchedule(threshold=0.05, rule="relative")
+    s.observe(10, 100.0)
+    resumed = CmGemsSchedule()
+    resumed.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    assert resumed == s and resumed.rule == "relative"
+    old = {k: v for k, v in s.state_dict().items() if k not in ("rule", "last_drop")}
+    legacy = CmGemsSchedule()
+    legacy.load_state_dict({**old, "threshold": 1.0})  # written before the relative rule
+    assert legacy.rule == "absolute" and legacy.last_perplexity == 100.0

@@ -196,7 +196,8 @@ def test_tracked_run_survives_outage_registers_and_promotes(dataset, server, ray
     assert result.tracking["registered"] == "models:/bert-tiny/2"
     vt = version_tags(tracking, "bert-tiny", "2")
     assert vt["bsm_ray.run_id"] == run_id and vt["bsm_ray.parent_version"] == "bert-tiny/1"
-    assert vt["bsm_ray.mix"] == json.dumps({"single_dna": 1.0})
+    # the mix it trained on (MLM: the genome pieces), not the causal default of data.mix
+    assert vt["bsm_ray.mix"] == json.dumps({"genome": 1.0})
     assert vt["bsm_ray.masking_strategy"] == "cm_gems"
 
     # the export gives the training model's logits: checked in the worker against the live

@@ -55,7 +55,7 @@ def _reload_val_loss(config: TrainConfig, final_model: str) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from bsm_ray.train.loop import _batch_tensors, _Masker, _num_targets
+    from bsm_ray.train.loop import _batch_tensors, _Masker, num_targets
 
     cls = AutoModelForCausalLM if config.objective == "causal" else AutoModelForMaskedLM
     model = cls.from_pretrained(final_model).eval()
@@ -70,7 +70,7 @@ def _reload_val_loss(config: TrainConfig, final_model: str) -> float:
                 for i in range(0, len(mine), config.micro_batch_rows):
                     rows = [(source, r) for r in mine[i : i + config.micro_batch_rows]]
                     batch = _batch_tensors(config, windows, rows, masker, 0, torch.device("cpu"))
-                    targets = _num_targets(batch, config.objective)
+                    targets = num_targets(batch, config.objective)
                     total += float(model(**batch).loss) * targets
                     count += targets
     return total / count

@@ -6,7 +6,12 @@ and DNABERT random masking otherwise; the coin is a pure function of (seed, step
 worker and every restart draws the same strategy for the same step.
 
 CM-GEMS: GeneMask until the drop between two consecutive evaluation perplexities falls below
-`threshold` (1.0 in the paper), then Global for the rest of the run. One-way: it switches once.
+`threshold`, then Global for the rest of the run. One-way: it switches once. Two rules:
+- `absolute` (the paper's): ppl_prev - ppl < threshold (1.0 in the paper). Its meaning depends
+  on the perplexity's scale: a 6-mer vocabulary starts near 4,101, so early drops are hundreds.
+- `relative`: (ppl_prev - ppl) / ppl_prev < threshold, a fraction per evaluation. It does not
+  depend on the vocabulary or the model's size, so a sweep range carries over from a 5M LOGO
+  on CPU to DNABERT on GPUs (keep `eval_every` in the same proportion of the run).
 Its whole state (phase, last perplexity, last evaluation step, switch step) is returned by
 `state_dict()` and restored by `load_state_dict()` from the training checkpoint, and only from
 there: a fresh schedule starts in GeneMask with no history, so no stale file can switch it
@@ -28,6 +33,25 @@ import numpy as np
 from bsm_ray.data.masking import uniforms
 
 PHASES = ("genemask", "global")
+SWITCH_RULES = ("absolute", "relative")
+
+
+def perplexity_drop(previous: float, current: float, rule: str) -> float:
+    """The quantity the CM-GEMS rule compares with its threshold (see the module docstring)."""
+    if rule not in SWITCH_RULES:
+        raise ValueError(f"unknown switch rule {rule!r}: one of {SWITCH_RULES}")
+    drop = previous - current
+    return drop if rule == "absolute" else drop / previous
+
+
+def first_switch(perplexities: list[tuple[int, float]], threshold: float,
+                 rule: str) -> int | None:  # fmt: skip
+    """The step at which a fresh CM-GEMS schedule switches on this sequence of (step, ppl)."""
+    schedule = CmGemsSchedule(threshold=threshold, rule=rule)
+    for step, ppl in perplexities:
+        if schedule.observe(step, ppl):
+            return step
+    return None
 
 
 @dataclass
@@ -58,10 +82,17 @@ class CmGemsSchedule:
     """CM-GEMS: GeneMask -> Global once the eval perplexity drop falls below `threshold`."""
 
     threshold: float = 1.0
+    rule: str = "absolute"
     phase: str = "genemask"
     last_perplexity: float | None = None
     last_eval_step: int | None = None
     switch_step: int | None = None
+    last_drop: float | None = None
+    """The rule's last measured drop (absolute or relative), for the logs."""
+
+    def __post_init__(self) -> None:
+        if self.rule not in SWITCH_RULES:
+            raise ValueError(f"unknown switch rule {self.rule!r}: one of {SWITCH_RULES}")
 
     def strategy(self, step: int) -> str:  # noqa: ARG002 - same signature as CmStepSchedule
         return self.phase
@@ -80,7 +111,8 @@ class CmGemsSchedule:
             )
         switched = False
         if self.phase == "genemask" and self.last_perplexity is not None:
-            drop = self.last_perplexity - perplexity
+            drop = perplexity_drop(self.last_perplexity, perplexity, self.rule)
+            self.last_drop = float(drop)
             if drop < self.threshold:
                 self.phase = "global"
                 self.switch_step = step
@@ -95,11 +127,16 @@ class CmGemsSchedule:
     def load_state_dict(self, state: dict) -> None:
         if state.get("phase") not in PHASES:
             raise ValueError(f"unknown curriculum phase {state.get('phase')!r}")
+        rule = state.get("rule", "absolute")  # checkpoints from before the relative rule
+        if rule not in SWITCH_RULES:
+            raise ValueError(f"unknown switch rule {rule!r} in the curriculum state")
         self.threshold = float(state["threshold"])
+        self.rule = rule
         self.phase = state["phase"]
         self.last_perplexity = state["last_perplexity"]
         self.last_eval_step = state["last_eval_step"]
         self.switch_step = state["switch_step"]
+        self.last_drop = state.get("last_drop")
 
 
 def mask_with_schedule(

@@ -29,10 +29,14 @@ def run_tags(config: Any) -> dict[str, str]:
         "bsm_ray.git_commit": git_commit(),
         "bsm_ray.model": config.model,
         "bsm_ray.objective": config.objective,
-        "bsm_ray.mix": json.dumps(dict(config.data.mix), sort_keys=True),
+        "bsm_ray.mix": json.dumps(config.trained_mix, sort_keys=True),  # what it trained on
     }
     if config.objective == "mlm":
         tags["bsm_ray.masking_strategy"] = config.masking.strategy
+        tags["bsm_ray.eval_masks"] = config.masking.eval_strategy
+        if config.masking.strategy == "cm_gems":
+            tags["bsm_ray.switch_rule"] = config.masking.switch_rule
+            tags["bsm_ray.switch_threshold"] = repr(float(config.masking.switch_threshold))
     manifest = Path(config.data.dataset) / "manifest.json"
     if manifest.is_file():
         data = json.loads(manifest.read_text())

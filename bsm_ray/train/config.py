@@ -43,7 +43,16 @@ class MaskingConfig:
     pmi_table: str | None = None
     """NPMI table (jobs/build_pmi.py) for genemask / global / cm_*; None: the sample's table."""
     switch_threshold: float = 1.0
-    """cm_gems: switch to Global when the eval perplexity drop falls below this."""
+    """cm_gems: switch to Global once the drop between two consecutive evaluations of the
+    curriculum perplexity (`curriculum/ppl`) falls below this, in `switch_rule`'s units."""
+    switch_rule: Literal["absolute", "relative"] = "absolute"
+    """cm_gems: `absolute` (the paper's): ppl_prev - ppl, in perplexity units, so its meaning
+    depends on the model and vocabulary; `relative`: (ppl_prev - ppl) / ppl_prev per evaluation,
+    the same at every scale (sweep ranges carry over between models)."""
+    eval_strategy: Literal["dnabert", "genemask", "global"] = "dnabert"
+    """Masks of every validation measure (val/loss, val/loss/<source>, val/ppl: what sweeps and
+    promotion compare): this strategy at a fixed seed and step, whatever the curriculum's phase,
+    so runs in different phases are scored on identical masks."""
 
 
 @dataclass
@@ -117,6 +126,12 @@ class TrainConfig:
             raise ValueError(f"zero_stage must be 0..3, got {self.zero_stage}")
         if self.max_steps <= 0 or self.micro_batch_rows <= 0 or self.seq_len <= 1:
             raise ValueError("max_steps, micro_batch_rows and seq_len must be positive")
+
+    @property
+    def trained_mix(self) -> dict[str, float]:
+        """Source kind -> token ratio the run trains on: `data.mix` (causal LM), the genome
+        pieces (MLM, whatever `data.mix` says)."""
+        return {"genome": 1.0} if self.objective == "mlm" else dict(self.data.mix)
 
     @property
     def row_len(self) -> int:

@@ -94,22 +94,26 @@ class _Masker:
         self.config = config
         strategy = config.masking.strategy
         self.rank_table = None
-        if strategy != "dnabert":
+        if strategy != "dnabert" or config.masking.eval_strategy != "dnabert":
             self.rank_table = _load_rank_table(config.masking.pmi_table)
         self.schedule = None
         if strategy == "cm_step":
             self.schedule = CmStepSchedule(max_steps=config.max_steps, seed=config.seed)
         elif strategy == "cm_gems":
-            self.schedule = CmGemsSchedule(threshold=config.masking.switch_threshold)
+            self.schedule = CmGemsSchedule(threshold=config.masking.switch_threshold,
+                                           rule=config.masking.switch_rule)  # fmt: skip
 
     def strategy(self, step: int) -> str:
         return self.schedule.strategy(step) if self.schedule else self.config.masking.strategy
 
-    def __call__(self, ids: np.ndarray, mask: np.ndarray, row_ids: np.ndarray, step: int):
+    def __call__(self, ids: np.ndarray, mask: np.ndarray, row_ids: np.ndarray, step: int,
+                 strategy: str | None = None):  # fmt: skip
+        """Masks for `step` with the curriculum's strategy, or with `strategy` when given
+        (validation: a fixed strategy at a fixed step)."""
         from bsm_ray.data.masking import apply_mask
 
-        return apply_mask(self.strategy(step), ids, mask, self.config.seed, row_ids, step,
-                          self.rank_table)  # fmt: skip
+        return apply_mask(strategy or self.strategy(step), ids, mask, self.config.seed, row_ids,
+                          step, self.rank_table)  # fmt: skip
 
 
 def resolve_pmi_table(path: str | None) -> str:
@@ -131,13 +135,14 @@ def _load_rank_table(path: str | None) -> np.ndarray:
     return load_rank_table(resolve_pmi_table(path))
 
 
-def _batch_tensors(config, windows, rows, masker, step, device):
+def _batch_tensors(config, windows, rows, masker, step, device, strategy=None):
     """Tensors for one micro-batch of (source, row) pairs of in-memory windows."""
-    return _tensors(config, _window_rows(config, windows, rows, masker, step), device)
+    return _tensors(config, _window_rows(config, windows, rows, masker, step, strategy), device)
 
 
-def _window_rows(config, windows, rows, masker, step) -> dict[str, np.ndarray]:
-    """(source, row) pairs of in-memory windows as numpy columns, MLM rows masked for `step`."""
+def _window_rows(config, windows, rows, masker, step, strategy=None) -> dict[str, np.ndarray]:
+    """(source, row) pairs of in-memory windows as numpy columns, MLM rows masked for `step`
+    (with the curriculum's strategy, or `strategy` when given)."""
     out = {
         "input_ids": np.stack([windows[s].input_ids[r] for s, r in rows]),
         "attention_mask": np.stack([windows[s].attention_mask[r] for s, r in rows]),
@@ -145,15 +150,21 @@ def _window_rows(config, windows, rows, masker, step) -> dict[str, np.ndarray]:
         "source": np.array([s for s, _ in rows]),
     }
     if config.objective == "mlm":
-        masked = masker(out["input_ids"], out["attention_mask"], out["row_id"], step)
+        masked = masker(out["input_ids"], out["attention_mask"], out["row_id"], step, strategy)
         out["input_ids"], out["labels"] = masked.input_ids, masked.labels
     return out
 
 
+def row_labels(config, rows: dict[str, np.ndarray]) -> np.ndarray:
+    """Labels of numpy rows: MLM's masked positions, or the ids with -100 on padding (causal)."""
+    if config.objective == "mlm":
+        return rows["labels"]
+    return np.where(rows["attention_mask"] > 0, rows["input_ids"], -100)
+
+
 def _tensors(config, rows: dict[str, np.ndarray], device) -> dict:
-    """Model inputs on `device` from numpy columns (causal labels: the ids, -100 on padding)."""
-    ids, mask = rows["input_ids"], rows["attention_mask"]
-    labels = rows["labels"] if config.objective == "mlm" else np.where(mask > 0, ids, -100)
+    """Model inputs on `device` from numpy columns."""
+    ids, mask, labels = rows["input_ids"], rows["attention_mask"], row_labels(config, rows)
     return {
         "input_ids": to_device(np.ascontiguousarray(ids), device),  # widened to int64 there
         "attention_mask": to_device(np.ascontiguousarray(mask), device),
@@ -175,11 +186,30 @@ def to_device(array: np.ndarray, device):
     return t.long()
 
 
-def _num_targets(batch, objective: str) -> int:
+def num_targets(batch, objective: str) -> int:
+    """Positions that carry a loss: shifted labels (causal LM) or masked positions (MLM), of a
+    batch of tensors or of numpy columns with "labels"."""
     labels = batch["labels"]
     if objective == "causal":
         return int((labels[:, 1:] != -100).sum())
     return int((labels != -100).sum())
+
+
+def token_loss_sum(model, batch, objective: str):
+    """The sum of per-token cross-entropies over the batch's targets (a 0-d fp32 tensor).
+
+    Computed from the logits, not from the model's mean loss: a sum divided by the *global*
+    target count is what makes a step's gradient independent of how its rows are split into
+    micro-batches and workers, and a micro-batch without targets gives 0, not 0/0. Causal LM:
+    logits at t predict the token at t + 1 (transformers' shift); padding labels are -100."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"]
+    if objective == "causal":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=-100, reduction="sum")  # fmt: skip
 
 
 def _all_reduce_sum(values: list[float], device) -> list[float]:
@@ -192,56 +222,95 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def _reduce_step(loss, tokens: list[float], device) -> tuple[float, list[float]]:
-    """(sum of the ranks' mean losses, tokens summed over ranks) with one all-reduce and one
-    host sync; `tokens` are this rank's real tokens per source."""
+def _reduce_loss(loss_sum) -> float:
+    """The step's loss summed over ranks (one all-reduce, the step's one host sync)."""
     import torch
     import torch.distributed as dist
 
-    t = torch.cat([loss.to(torch.float64).reshape(1),
-                   torch.tensor(tokens, dtype=torch.float64, device=loss.device)])  # fmt: skip
+    t = loss_sum.detach().to(torch.float64).reshape(1)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
-    values = t.tolist()
-    return values[0], values[1:]
+    return float(t.item())
 
 
-def evaluate(engine, config, ctx, val_windows, masker, step, device) -> dict[str, float]:
-    """Loss per validation source (token-weighted over all workers) and overall."""
+VAL_MASK_STEP = 0
+"""Validation masks are drawn for this step, so every evaluation (of every run) sees the same."""
+
+
+def _eval_sums(engine, config, ctx, val_windows, masker, device, strategy) -> list[float]:
+    """This rank's [loss sum, target count] per validation source (sorted by name), MLM rows
+    masked with `strategy` at VAL_MASK_STEP."""
     import torch
 
     engine.eval()
     sums: list[float] = []
-    names = sorted(val_windows)
     with torch.no_grad():
-        for source in names:
+        for source in sorted(val_windows):
             win = val_windows[source]
             n = min(len(win), config.data.val_rows_per_source)
             mine = list(range(ctx.rank, n, ctx.world_size))
             loss_sum, count = 0.0, 0
             for i in range(0, len(mine), config.micro_batch_rows):
                 rows = [(source, r) for r in mine[i : i + config.micro_batch_rows]]
-                # Validation masks use a fixed step so every evaluation sees the same masks.
-                batch = _batch_tensors(config, val_windows, rows, masker, 0, device)
-                targets = _num_targets(batch, config.objective)
-                if targets:
-                    loss_sum += float(engine(**batch).loss) * targets
+                batch = _batch_tensors(config, val_windows, rows, masker, VAL_MASK_STEP, device,
+                                       strategy)  # fmt: skip
+                targets = num_targets(batch, config.objective)
+                if targets:  # the same definition as the training loss: a sum over targets
+                    loss_sum += float(token_loss_sum(engine, batch, config.objective))
                     count += targets
             sums += [loss_sum, count]
     engine.train()
-    totals = _all_reduce_sum(sums, device)
+    return sums
+
+
+def _perplexity(sums: list[float]) -> float | None:
+    """exp(token-weighted mean loss) of [loss sum, count, ...] pairs; None without targets."""
+    count = sum(sums[1::2])
+    return math.exp(min(50.0, sum(sums[0::2]) / count)) if count else None
+
+
+def evaluate(engine, config, ctx, val_windows, masker, device) -> dict[str, float]:
+    """Loss per validation source (token-weighted over all workers) and overall: the measure
+    runs are compared on. MLM rows are masked with `masking.eval_strategy` at a fixed step,
+    never with the curriculum's phase, so a run that switched and one that did not are scored
+    on identical masks."""
+    strategy = config.masking.eval_strategy if config.objective == "mlm" else None
+    local = _eval_sums(engine, config, ctx, val_windows, masker, device, strategy)
+    totals = _all_reduce_sum(local, device)
     metrics: dict[str, float] = {}
-    all_loss, all_count = 0.0, 0.0
-    for i, source in enumerate(names):
-        loss_sum, count = totals[2 * i], totals[2 * i + 1]
-        if count:
-            metrics[f"val/loss/{source}"] = loss_sum / count
-        all_loss += loss_sum
-        all_count += count
-    if all_count:
-        metrics["val/loss"] = all_loss / all_count
+    for i, source in enumerate(sorted(val_windows)):
+        if totals[2 * i + 1]:
+            metrics[f"val/loss/{source}"] = totals[2 * i] / totals[2 * i + 1]
+    if sum(totals[1::2]):
+        metrics["val/loss"] = sum(totals[0::2]) / sum(totals[1::2])
         metrics["val/ppl"] = math.exp(min(50.0, metrics["val/loss"]))
     return metrics
+
+
+def observe_curriculum(engine, config, ctx, val_windows, masker, device, step: int,
+                       trace=None) -> dict[str, float]:
+    """CM-GEMS's switch rule at an evaluation. It observes `curriculum/ppl`: the validation
+    perplexity under GeneMask masks (the phase it decides to leave, as in the paper's rule) at
+    a fixed step, summed over all workers with one all-reduce, so every rank takes the same
+    decision at the same step. A rank-local perplexity would let ranks switch apart; the trace
+    (`trace: true`) records each rank's local one next to the aggregated one to show this.
+    Returns the curriculum metrics (and `mask/switch_step` when it switched at `step`)."""
+    schedule = masker.schedule
+    if schedule is None or not hasattr(schedule, "observe") or schedule.phase != "genemask":
+        return {}
+    local = _eval_sums(engine, config, ctx, val_windows, masker, device, "genemask")
+    ppl = _perplexity(_all_reduce_sum(local, device))
+    if ppl is None:
+        return {}
+    switched = schedule.observe(step, ppl)
+    out = {"curriculum/ppl": ppl}
+    if schedule.last_drop is not None:
+        out[f"curriculum/{schedule.rule}_drop"] = schedule.last_drop
+    if switched:
+        out["mask/switch_step"] = step
+    if trace is not None:
+        trace.write_curriculum(step, ppl, _perplexity(local), schedule.phase)
+    return out
 
 
 def build_engine(config: TrainConfig, world_size: int, device):
@@ -282,16 +351,34 @@ def build_engine(config: TrainConfig, world_size: int, device):
     return engine, attn, attn_reason
 
 
-def optimizer_step(engine, micro_batches: list[dict]):
-    """One optimizer step over the micro-batches (DeepSpeed accumulates and steps at the last
-    one). Returns the mean micro-batch loss as a device tensor: no host sync in here."""
+def optimizer_step(engine, micro_batches: list[dict], objective: str, global_targets: float,
+                   world_size: int):  # fmt: skip
+    """One optimizer step whose loss is the sum of per-token losses over the *global* batch
+    divided by its number of targets (`global_targets`, counted over all ranks before the
+    forward passes), as torchtitan and OLMo-core do. DeepSpeed averages gradients over ranks
+    (divides by `world_size`), so each micro-batch's sum is scaled by world_size / targets and
+    `scale_wrt_gas=False` stops DeepSpeed dividing by the accumulation steps as well: the
+    gradient is then the same for any world size and micro-batch size. DeepSpeed accumulates
+    and steps at the last micro-batch. Returns this rank's summed token loss as a device tensor
+    (no host sync in here)."""
+    scale = world_size / max(global_targets, 1.0)
     total = None
     for batch in micro_batches:
-        loss = engine(**batch).loss
-        engine.backward(loss)
+        loss_sum = token_loss_sum(engine, batch, objective)
+        engine.backward(loss_sum * scale, scale_wrt_gas=False)
         engine.step()
-        total = loss.detach() if total is None else total + loss.detach()
-    return total / len(micro_batches)
+        total = loss_sum.detach() if total is None else total + loss_sum.detach()
+    return total
+
+
+def count_step(labels: np.ndarray, objective: str, tokens: list[float],
+               device) -> tuple[float, list[float]]:  # fmt: skip
+    """(targets of the global batch, real tokens per source over all ranks): this rank's counts
+    (from its rows' numpy labels, so no device sync) summed over ranks with one all-reduce,
+    before the forward passes that need the target count."""
+    mine = float(num_targets({"labels": labels}, objective))
+    totals = _all_reduce_sum([mine, *tokens], device)
+    return totals[0], totals[1:]
 
 
 def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
@@ -305,7 +392,7 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
     global_rows, accum = config.batch_layout(ctx.world_size)
     per_rank = global_rows // ctx.world_size
 
-    weights = {"genome": 1.0} if config.objective == "mlm" else dict(config.data.mix)
+    weights = config.trained_mix
     if config.data.streaming:
         from bsm_ray.train.streaming import WorkerStreams, load_positions, stream_units
 
@@ -355,7 +442,7 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
     tracker = _tracker(config, ctx)
     metrics: dict[str, Any] = {}
     if resumed_from is None:  # the starting point, so every run shows how far loss fell
-        initial = evaluate(engine, config, ctx, val_windows, masker, 0, device)
+        initial = evaluate(engine, config, ctx, val_windows, masker, device)
         ctx.log({"step": 0, **initial})
         if tracker is not None:
             tracker.log(initial, 0, flush=True)
@@ -378,8 +465,11 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
                                   device) for m in range(accum)]  # fmt: skip
         real = rows["attention_mask"].sum(axis=1)
         my_tokens = [float(real[rows["source"] == s].sum()) for s in names]
-        loss = optimizer_step(engine, micro_batches)
-        loss_total, step_tokens = _reduce_step(loss, my_tokens, device)  # the one host sync
+        global_targets, step_tokens = count_step(row_labels(config, rows), config.objective,
+                                                 my_tokens, device)  # fmt: skip
+        loss_sum = optimizer_step(engine, micro_batches, config.objective, global_targets,
+                                  ctx.world_size)  # fmt: skip
+        loss_total = _reduce_loss(loss_sum)  # the one host sync after the step
         now = time.perf_counter()
         elapsed, t0 = now - t0, now
         step += 1
@@ -389,7 +479,7 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
         total_tokens = sum(tokens_by_source.values())
         metrics = {
             "step": step,
-            "train/loss": loss_total / ctx.world_size,
+            "train/loss": loss_total / max(global_targets, 1.0),  # per target token
             "train/lr": lr,
             "train/tokens_per_s": tokens_per_s,
             "train/mfu": tokens_per_s * fpt / peak,
@@ -397,18 +487,21 @@ def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
             **{f"data/repeats/{s}": n for s, n in
                (streams.repeats() if streams is not None else plan.repeats()).items()},
         }  # fmt: skip
+        grad_norm = engine.get_global_grad_norm()  # ZeRO 1-3 (before clipping); None at 0
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
         if masker is not None:
             metrics["mask/strategy_global"] = float(masker.strategy(step - 1) == "global")
         if trace is not None:
-            trace.write(step, metrics["train/loss"], rows, names)
+            trace.write(step, metrics["train/loss"], rows, names,
+                        masker.strategy(step - 1) if masker is not None else None)
         is_last = step == config.max_steps
         if step % config.eval_every == 0 or is_last:
-            metrics.update(evaluate(engine, config, ctx, val_windows, masker, step, device))
-            if masker is not None and masker.schedule is not None and "val/ppl" in metrics:
-                if hasattr(masker.schedule, "observe") and masker.schedule.observe(
-                    step, metrics["val/ppl"]
-                ):
-                    metrics["mask/switch_step"] = step
+            metrics.update(evaluate(engine, config, ctx, val_windows, masker, device))
+            if masker is not None:
+                metrics.update(observe_curriculum(engine, config, ctx, val_windows, masker,
+                                                  device, step, trace))  # fmt: skip
+                if metrics.get("mask/switch_step") == step:
                     if streams is not None:  # rows consumed from now on: the new phase
                         streams.switch(masker.schedule.phase, step)
                     if tracker is not None:
@@ -508,28 +601,38 @@ def export_model(engine, ctx, config, directory: Path, probe) -> float | None:
 
 
 def _probe_batch(config, val_windows, device):
-    """A fixed validation batch (the first rows of the first source) for the export check."""
+    """A fixed batch for the export check: the first rows of the first validation source that
+    has rows, else (no validation rows at all) a synthetic row cycling through the vocabulary;
+    any input shows whether the exported weights give the training model's logits."""
     import torch
 
-    win = val_windows[sorted(val_windows)[0]]
-    n = min(2, len(win))
-    ids = torch.from_numpy(win.input_ids[:n].astype(np.int64)).to(device)
-    mask = torch.from_numpy(win.attention_mask[:n].astype(np.int64)).to(device)
-    return ids, mask
+    filled = [s for s in sorted(val_windows) if len(val_windows[s])]
+    if filled:
+        win = val_windows[filled[0]]
+        n = min(2, len(win))
+        ids, mask = win.input_ids[:n].astype(np.int64), win.attention_mask[:n].astype(np.int64)
+    else:
+        vocab = get_preset(config.model).vocab_size
+        ids = (np.arange(min(config.row_len, 64), dtype=np.int64) % vocab)[None, :]
+        mask = np.ones_like(ids)
+    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
 
 class _Trace:
-    """Per-step JSON lines: loss and the (source, row) pairs this rank consumed."""
+    """Per-step JSON lines: loss and the (source, row) pairs this rank consumed; CM-GEMS runs
+    also one line per evaluation of the switch rule (`curriculum_rank<r>.jsonl`)."""
 
     def __init__(self, ctx: TrainContext, config: TrainConfig) -> None:
         run_dir = ctx.run_dir
         if run_dir is None:
             raise ValueError("trace: true needs a local storage_path")
         self.path = run_dir / "trace" / f"rank{ctx.rank}.jsonl"
+        self.curriculum_path = run_dir / "trace" / f"curriculum_rank{ctx.rank}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.pid = os.getpid()
 
-    def write(self, step: int, loss: float, rows: dict[str, np.ndarray], names: list[str]) -> None:
+    def write(self, step: int, loss: float, rows: dict[str, np.ndarray], names: list[str],
+              strategy: str | None = None) -> None:  # fmt: skip
         """The step's (source, row id) pairs in consumption order and real tokens per source;
         MLM rows also the masking strategies used."""
         real = rows["attention_mask"].sum(axis=1)
@@ -540,6 +643,17 @@ class _Trace:
         }  # fmt: skip
         if "strategy" in rows:
             line["strategies"] = sorted({str(x) for x in rows["strategy"]})
-        with open(self.path, "a") as fh:
+        elif strategy is not None:
+            line["strategies"] = [strategy]
+        self._append(line)
+
+    def write_curriculum(self, step: int, ppl: float, local_ppl: float | None, phase: str):
+        """The switch rule's input at an evaluation: the aggregated perplexity it used, this
+        rank's own perplexity (what a rank-local rule would have used) and the phase after."""
+        self._append({"pid": self.pid, "step": step, "curriculum_ppl": ppl,
+                      "local_ppl": local_ppl, "phase": phase}, self.curriculum_path)
+
+    def _append(self, line: dict, path: Path | None = None) -> None:
+        with open(path or self.path, "a") as fh:
             fh.write(json.dumps(line) + "\n")
             fh.flush()

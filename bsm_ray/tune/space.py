@@ -150,9 +150,17 @@ class TrialRow:
     """Objective at `steps` (None for a trial ASHA stopped, unless the grid check ran it on)."""
     losses: dict[str, float]
     run_id: str | None = None
+    switch_step: int | None = None
+    """CM-GEMS: the step after which the trial masked with Global (None: it did not switch)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def switch_label(self, steps: int) -> str:
+        """The switch step, 'never' (trained all `steps` without one), or '>N' (stopped at N)."""
+        if self.switch_step is not None:
+            return str(self.switch_step)
+        return "never" if self.steps_asha >= steps else f">{self.steps_asha}"
 
 
 @dataclass
@@ -171,6 +179,27 @@ class SweepSummary:
         if self.grid_winner is None:
             return None
         return self.grid_winner.trial_id == self.winner.trial_id
+
+    def undecided(self) -> str | None:
+        """Why the sweep chose nothing (every trial that trained all steps has the same
+        objective, or a threshold sweep's trials all switched at the same step), else None."""
+        done = [r for r in self.rows if r.steps_asha >= self.steps and r.objective_asha is not None]
+        if len(done) < 2:
+            return None
+        values = [r.objective_full if r.objective_full is not None else r.objective_asha
+                  for r in done]  # fmt: skip
+        if max(values) - min(values) <= 1e-9 * max(1.0, abs(min(values))):
+            return (f"all {len(done)} finished trials have the same objective "
+                    f"{min(values):.6g}: the winner is arbitrary")
+        if any(r.threshold is not None for r in done):
+            switches = {r.switch_step for r in done}
+            if len(switches) == 1:
+                at = next(iter(switches))
+                at = "never" if at is None else f"step {at}"
+                return (f"every trial switched at the same point ({at}): the thresholds did not "
+                        "change the runs; widen search.switch_threshold or use "
+                        "train.masking.switch_rule: relative")  # fmt: skip
+        return None
 
 
 def summarize(rows: list[TrialRow], steps: int) -> SweepSummary:
@@ -201,13 +230,15 @@ def format_table(summary: SweepSummary) -> str:
     sources = list(rows[0].mix)
     header = f"{'rank':>4}  {'trial':<10} " + " ".join(f"{s[:12]:>12}" for s in sources)
     has_t = any(r.threshold is not None for r in rows)
-    header += (f" {'threshold':>9}" if has_t else "") + f" {'steps':>6} {'objective':>10}"
+    header += (f" {'threshold':>9} {'switch':>6}" if has_t else "")
+    header += f" {'steps':>6} {'objective':>10}"
     header += f" {'at ' + str(summary.steps):>10}"
     lines = [header]
     for i, r in enumerate(rows, 1):
         line = f"{i:>4}  {r.trial_id[-10:]:<10} " + " ".join(f"{r.mix[s]:>12.3f}" for s in sources)
         if has_t:
             line += f" {r.threshold:>9.3g}" if r.threshold is not None else f" {'':>9}"
+            line += f" {r.switch_label(summary.steps):>6}"
         obj = f"{r.objective_asha:.4f}" if r.objective_asha is not None else "-"
         full = f"{r.objective_full:.4f}" if r.objective_full is not None else "stopped"
         mark = "  <- winner" if r.trial_id == summary.winner.trial_id else ""

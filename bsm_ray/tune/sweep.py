@@ -336,7 +336,7 @@ def _rows(sweep_dir: Path, spec: dict[str, Any], result_grid) -> tuple[list[Tria
         objective = metrics.get("objective")
         full = objective if reported_step >= spec["steps"] else None
         rows.append(TrialRow(
-            trial_id=trial_id, mix=train["data"]["mix"],
+            trial_id=trial_id, mix=from_dict(TrainConfig, train).trained_mix,
             threshold=info["params"].get(THRESHOLD_KEY),
             steps_asha=max(steps_asha, reported_step), objective_asha=objective,
             objective_full=full,
@@ -345,6 +345,12 @@ def _rows(sweep_dir: Path, spec: dict[str, Any], result_grid) -> tuple[list[Tria
             run_id=info["run_id"],
         ))  # fmt: skip
     return rows, errors
+
+
+def switch_step_of(trial_dir: Path) -> int | None:
+    """The step at which a CM-GEMS trial switched to Global (from its metrics), or None."""
+    steps = [int(m["mask/switch_step"]) for m in read_metrics(trial_dir) if "mask/switch_step" in m]
+    return min(steps) if steps else None
 
 
 def _grid_check(config: AnnealConfig, sweep_dir: Path, rows: list[TrialRow], weights, limit: int):
@@ -381,6 +387,8 @@ def _plot(summary: SweepSummary, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if len(summary.rows[0].mix) == 1 and all(r.threshold is not None for r in summary.rows):
+        return _plot_thresholds(summary, path, plt)
     sources = list(summary.rows[0].mix)
     fig, axes = plt.subplots(1, len(sources), figsize=(4 * len(sources), 3.4), sharey=True,
                              squeeze=False)  # fmt: skip
@@ -408,6 +416,38 @@ def _plot(summary: SweepSummary, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _plot_thresholds(summary: SweepSummary, path: Path, plt) -> None:
+    """A threshold sweep: objective against the switch threshold (log x), switch step marked."""
+    from matplotlib.ticker import NullFormatter
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for i, r in enumerate(sorted(summary.rows, key=lambda r: r.threshold)):
+        full = r.objective_full is not None
+        y = r.objective_full if full else r.objective_asha
+        if y is None:
+            continue
+        ax.scatter(r.threshold, y, zorder=3, **({"color": "tab:blue"} if full else
+                   {"facecolors": "none", "edgecolors": "tab:gray"}))  # fmt: skip
+        ax.annotate(f"switch {r.switch_label(summary.steps)}", (r.threshold, y), fontsize=7,
+                    xytext=(4, 4 if i % 2 else -10), textcoords="offset points")  # fmt: skip
+    w = summary.winner
+    ax.scatter(w.threshold, w.objective_asha, marker="*", s=180, color="tab:red", zorder=4)
+    ax.set_xscale("log")
+    ticks = sorted({r.threshold for r in summary.rows})  # the trials' own thresholds
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks], rotation=45, fontsize=7)
+    ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels collide on a short range
+    ax.set_xlabel("CM-GEMS switch threshold")
+    ax.set_ylabel(f"objective (val loss) at step {summary.steps}")
+    ax.grid(alpha=0.3)
+    ax.set_title("threshold trials: filled = all steps, hollow = stopped by ASHA, star = winner",
+                 fontsize=8)  # fmt: skip
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def _write_winner(config: AnnealConfig, summary: SweepSummary, path: Path) -> None:
     if config.next_round:
         nxt = load_config(TrainConfig, config.next_round, [])
@@ -418,11 +458,15 @@ def _write_winner(config: AnnealConfig, summary: SweepSummary, path: Path) -> No
     nxt.data.mix = {s: round(v, 6) for s, v in w.mix.items()}
     if nxt.init_from is None:  # the next round continues from the weights the trials annealed
         nxt.init_from = base
-    if w.threshold is not None:
+    if w.threshold is not None:  # the threshold is in the units of the rule it was tuned with
         nxt.masking.switch_threshold = float(w.threshold)
+        nxt.masking.switch_rule = config.train.masking.switch_rule
     header = (f"# Winner of annealing sweep '{config.name}': trial {w.trial_id}, objective "
               f"{w.objective_asha:.5f} at step {summary.steps}.\n"
-              f"# Mix (token fractions): {json.dumps(nxt.data.mix)}\n"
+              + (f"# CM-GEMS: {config.train.masking.switch_rule} switch threshold "
+                 f"{w.threshold:.6g} (the trial switched at {w.switch_label(summary.steps)}).\n"
+                 if w.threshold is not None else "")
+              + f"# Mix (token fractions): {json.dumps(nxt.data.mix)}\n"
               f"# Use: python jobs/pretrain.py --round N --config {path}\n")  # fmt: skip
     atomic_write_text(path, header + dump_yaml(nxt))
 
@@ -525,6 +569,9 @@ def _train_sources(config: AnnealConfig) -> set[str]:
 
 
 def _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed) -> SweepOutcome:
+    if _tune_threshold(config):  # after the grid check, which may train stopped trials on
+        for r in summary.rows:
+            r.switch_step = switch_step_of(sweep_dir / "trials" / r.trial_id)
     table = format_table(summary)
     best_yaml = sweep_dir / "best_mix.yaml"
     plot = sweep_dir / "objective_vs_mix.png"
@@ -540,13 +587,17 @@ def _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed) -> Sweep
                      f"(objective {summary.grid_winner.objective_full:.4f}); "
                      f"{'the same as' if summary.same_winner else 'NOT the same as'} "
                      f"ASHA's winner.")  # fmt: skip
+    undecided = summary.undecided()
+    if undecided:
+        lines.append(f"WARNING: the sweep chose nothing: {undecided}.")
     report = "\n".join(lines)
     record = {
         "name": config.name, "steps": summary.steps, "elapsed_s": elapsed,
         "winner": summary.winner.as_dict(),
         "grid_winner": summary.grid_winner.as_dict() if summary.grid_winner else None,
         "same_winner": summary.same_winner, "asha_steps": summary.asha_steps,
-        "grid_steps": summary.grid_steps, "errors": errors,
+        "grid_steps": summary.grid_steps, "errors": errors, "undecided": undecided,
+        "switch_rule": config.train.masking.switch_rule if _tune_threshold(config) else None,
         "trials": [r.as_dict() for r in ranked(summary.rows, summary.steps)],
     }  # fmt: skip
     atomic_write_text(sweep_dir / "summary.json", json.dumps(record, indent=2))
@@ -560,6 +611,9 @@ def _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed) -> Sweep
             if r.steps_asha < summary.steps:
                 set_run_tags(config.tracking, r.run_id,
                              {"bsm_ray.asha_stopped_at_step": str(r.steps_asha)})
+            if r.threshold is not None:  # "never" too (the loop tags a switch when it happens)
+                set_run_tags(config.tracking, r.run_id,
+                             {"bsm_ray.switch_step": r.switch_label(summary.steps)})
             end_run(config.tracking, r.run_id,
                     "FINISHED" if r.objective_full is not None else "KILLED")
 
