@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from bsm_ray.cli import build_parser  # noqa: E402
+from bsm_ray.cli import build_parser, durable_outputs  # noqa: E402
 from bsm_ray.config import load_config  # noqa: E402
 from bsm_ray.errors import BsmRayError  # noqa: E402
 
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(TrainConfig, args.config or round_config_path(args.round),
                              args.overrides)  # fmt: skip
+        if not args.print_config:
+            durable_outputs(config)  # refuses a Ray job's temporary working dir as storage
         base = config.name
         config.name = f"{base}-round{args.round}"
         config.round = args.round

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bsm_ray.config import from_dict, to_dict
+from bsm_ray.storage import require_durable
+from bsm_ray.tracking.config import resolve_tracking_uri
 from bsm_ray.train.config import TrainConfig
 from bsm_ray.train.context import (
     LocalContext,
@@ -105,6 +107,9 @@ def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     if is_local_path(storage):
         storage = str(Path(storage.removeprefix("file://")).resolve())
         config = from_dict(TrainConfig, {**to_dict(config), "storage_path": storage})
+    # Results go where they outlive a Ray job's temporary working dir (bsm_ray.storage).
+    require_durable({"storage_path": storage}, resolve_tracking_uri(config.tracking.uri)
+                    if config.tracking.enabled else None)  # fmt: skip
     if config.data.streaming:  # workers read the shards themselves, from their own directory
         data = {**to_dict(config.data), "dataset": str(Path(config.data.dataset).resolve())}
         config = from_dict(TrainConfig, {**to_dict(config), "data": data})
