@@ -9,7 +9,10 @@ Every trial anneals the same base weights for `steps` steps (LR linearly to 0) o
 reports per-source validation loss; ASHA stops weak trials. At the end: a ranked table, the
 winning mix as a YAML for jobs/pretrain.py, a plot, and MLflow runs (a parent, one child per
 trial). On a cluster (RAY_ADDRESS set, as under `ray job submit`) it connects to it; otherwise it
-starts a local Ray instance. See bsm_ray/tune/config.py (AnnealConfig) for every setting.
+starts a local Ray instance. Under `ray job submit --working-dir`, results must go to durable
+storage ($BSM_RAY_STORAGE_ROOT or an absolute storage_path; MLFLOW_TRACKING_URI), or the job
+refuses to start (bsm_ray/storage.py). See bsm_ray/tune/config.py (AnnealConfig) for every
+setting.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ def main(config: AnnealConfig, args) -> None:
     print(f"next round config: {outcome.best_yaml}")
     print(f"plot: {outcome.plot}")
     if outcome.parent_run_id:
-        print(f"mlflow parent run: {outcome.parent_run_id}")
+        from bsm_ray.tracking.runs import describe_run
+
+        print(f"parent run: {describe_run(config.tracking, outcome.parent_run_id)}")
 
 
 if __name__ == "__main__":

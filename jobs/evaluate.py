@@ -27,8 +27,11 @@ def main(config: EvaluateConfig) -> None:
     print(f"model {config.model} ({report['model_dir']})")
     for task, table in report["tables"].items():
         print(f"\n== {task} ==\n{table}")
-    print(f"\n-> {report['output_dir']}" + (f"  (MLflow run {report['run_id']})"
-                                            if report.get("run_id") else ""))  # fmt: skip
+    print(f"\n-> {report['output_dir']}")
+    if report.get("run_id"):
+        from bsm_ray.tracking.runs import describe_run
+
+        print(describe_run(config.tracking, report["run_id"]))
 
 
 if __name__ == "__main__":

@@ -204,7 +204,7 @@ def test_evaluate_job_runs_the_suite_and_logs_to_mlflow(dataset, chloroplast_tas
     assert {"eval/ppl", "central_dogma/k0/win_rate", "central_dogma/k1/pairs",
             "fitness/toy/spearman", "finetune/toy/test/mcc/mean"} <= set(metrics)  # fmt: skip
     assert (out / "central_dogma.png").stat().st_size > 0
-    run_id = stdout.strip().rsplit("MLflow run ", 1)[1].rstrip(")")
+    run_id = stdout.strip().rsplit("MLflow run ", 1)[1].split()[0]
     run = mlflow.MlflowClient().get_run(run_id)
     assert run.data.metrics["eval/ppl"] == pytest.approx(metrics["eval/ppl"])
     assert run.data.tags["bsm_ray.eval_model"] == str(tmp_path / "model")

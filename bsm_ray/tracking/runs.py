@@ -74,6 +74,34 @@ def create_run(tracking: TrackingConfig, run_name: str, *, parent_run_id: str | 
     return run.info.run_id
 
 
+def runs_view_url(uri: str, experiment: str) -> str | None:
+    """The MLflow UI's runs view of an experiment (`<server>/#/experiments/<id>/runs`) when
+    `uri` is a tracking server; for the embedded store, the view `bash mlflow/server.sh`
+    serves. MLflow 3 opens an experiment in its GenAI view, where training runs and sweeps show
+    "No data", so links go straight to the runs. None for any other store."""
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs"
+    if uri == embedded_store()[0]:
+        return f"http://127.0.0.1:5000/#/experiments/{experiment}/runs"
+    return None
+
+
+def describe_run(tracking: TrackingConfig, run_id: str) -> str:
+    """One line naming a run, its store and experiment, and the UI link to its runs view."""
+    uri = resolve_tracking_uri(tracking.uri)
+    try:
+        experiment = client(uri).get_run(run_id).info.experiment_id
+    except Exception:  # the store is unreachable now: name the run without a link
+        return f"MLflow run {run_id} at {uri} (experiment {tracking.experiment})"
+    line = f"MLflow run {run_id} at {uri} (experiment {tracking.experiment}, id {experiment})"
+    url = runs_view_url(uri, experiment)
+    if url is None:
+        return line
+    if uri.startswith(("http://", "https://")):
+        return f"{line}; runs: {url}"
+    return f"{line}; runs: {url} after `bash mlflow/server.sh`"
+
+
 def log_finished_run(tracking: TrackingConfig, run_name: str, *, params: dict[str, Any],
                      tags: dict[str, str], metrics: dict[str, float],
                      files: list[Path]) -> str:  # fmt: skip

@@ -90,7 +90,7 @@ def start_run(config, run_dir: str):
     """Create the run (params = flattened config, lineage tags) and attach the config YAML and
     the NPMI table; return the config with `tracking.run_id` set (or tracking off if the server
     cannot be reached and the run is not strict)."""
-    from bsm_ray.tracking.runs import client, create_run
+    from bsm_ray.tracking.runs import client, create_run, describe_run
     from bsm_ray.tracking.tags import run_tags
 
     _quiet_http()
@@ -113,8 +113,7 @@ def start_run(config, run_dir: str):
         print("[bsm_ray] this run is NOT tracked in MLflow (its metrics are still in "
               f"{run_dir}/metrics.jsonl)", flush=True)  # fmt: skip
         return from_dict(cls, {**to_dict(config), "tracking": {**tracking, "enabled": False}})
-    print(f"[bsm_ray] MLflow run {run_id} at {config.tracking.uri} "
-          f"(experiment {config.tracking.experiment})", flush=True)  # fmt: skip
+    print(f"[bsm_ray] {describe_run(config.tracking, run_id)}", flush=True)
     c = client(config.tracking.uri)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"

@@ -523,11 +523,13 @@ def run_sweep(config: AnnealConfig, resume: bool = False, overwrite: bool = Fals
         base = resolve_base(config, sweep_dir)
         parent_run_id = None
         if config.tracking.enabled:
-            from bsm_ray.tracking.runs import create_run
+            from bsm_ray.tracking.runs import create_run, describe_run
 
             parent_run_id = create_run(config.tracking, config.name, params=to_dict(config),
                                        tags={"bsm_ray.sweep_dir": str(sweep_dir),
                                              "bsm_ray.base": str(base)})  # fmt: skip
+            print(f"[bsm_ray] sweep parent: {describe_run(config.tracking, parent_run_id)}",
+                  flush=True)  # fmt: skip
         atomic_write_text(state_path, json.dumps({"base": str(base),
                                                   "parent_run_id": parent_run_id,
                                                   "config": to_dict(config)}, indent=2))
