@@ -558,6 +558,22 @@ def test_hf_char_on_random_documents(char_tok: BsmCharTokenizer, hf_char) -> Non
     assert theirs == [char_tok.encode(t).tolist() for t in texts]
 
 
+def test_hf_char_autotokenizer_decodes_to_the_text(char_tok: BsmCharTokenizer, hf_char) -> None:
+    """decode(encode(s)) == s through transformers' AutoTokenizer on the exported files, for
+    texts in the vocabulary; any text decodes as our own decoder does (unknowns as <unk>)."""
+    _, hf = hf_char
+    rng = np.random.default_rng(23)
+    texts = [random_document(rng) for _ in range(20)] + HF_CHAR_TEXTS[:2]
+    for text in texts:
+        ids = hf(text, add_special_tokens=False)["input_ids"]
+        assert hf.decode(ids) == text
+    assert hf.decode(hf("<bos><dna>ATG<sep><protein>MK<eos>")["input_ids"],
+                     skip_special_tokens=True) == "ATGMK"  # fmt: skip
+    for text in HF_CHAR_TEXTS:
+        ids = hf(text, add_special_tokens=False)["input_ids"]
+        assert hf.decode(ids) == char_tok.decode(ids, skip_pad=False), text
+
+
 def test_hf_char_config_records_fingerprint(char_tok: BsmCharTokenizer, hf_char) -> None:
     out, _ = hf_char
     config = json.loads((out / "tokenizer_config.json").read_text())
@@ -601,6 +617,12 @@ def test_hf_kmer_autotokenizer_gives_same_ids(tmp_path, k: int) -> None:
         assert row == theirs
     assert (hf.pad_token_id, hf.unk_token_id, hf.cls_token_id, hf.sep_token_id) == (0, 1, 2, 3)
     assert hf.mask_token_id == 4
+    # Decoding gives DNABERT's text form back (k-mers separated by spaces), not the sequence:
+    # the overlapping k-mers become the sequence with KmerTokenizer.decode_to_sequence.
+    seq = seqs[0]
+    ids = hf(KmerTokenizer.to_kmer_string(seq, k=k))["input_ids"]
+    assert hf.decode(ids, skip_special_tokens=True) == KmerTokenizer.to_kmer_string(seq, k=k)
+    assert tok.decode_to_sequence(ids) == seq
 
 
 @pytest.mark.parametrize("k", [3, 4, 5, 6])

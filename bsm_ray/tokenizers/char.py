@@ -136,7 +136,7 @@ class BsmCharTokenizer:
     # --- Hugging Face format ----------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write `tokenizer.json` (+ config files) that `AutoTokenizer.from_pretrained` reads."""
-        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -144,6 +144,9 @@ class BsmCharTokenizer:
         # Every character is its own word; special tokens are matched before this split.
         tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
         tok.add_special_tokens(list(SPECIAL_TOKENS))
+        # Tokens are characters: decoding joins them with nothing between (without a decoder,
+        # transformers joins them with spaces: "<dna> A T G"), so decode(encode(s)) == s.
+        tok.decoder = decoders.Fuse()
         atomic_write_text(out / "tokenizer.json", tok.to_str(pretty=True))
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
