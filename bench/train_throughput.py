@@ -355,8 +355,10 @@ def stage_plain(s: dict) -> dict:
         end = time.perf_counter()
         if first_step_epoch is None:
             first_step_epoch = time.time()
+        # The step's (source, row id) pairs in consumption order, as the loop's trace has them.
+        consumed = [[src, int(windows[src].row_ids[r])] for src, r in rows]
         per_step.append({"step": step + 1, "tokens": tokens, "seconds": end - t0,
-                         "tokens_per_s": tokens / (end - t0)})  # fmt: skip
+                         "tokens_per_s": tokens / (end - t0), "rows": consumed})  # fmt: skip
         ends.append(end)
         cpu_at_end.append(time.process_time())
         steal_at_end.append(cpu_steal_seconds())
@@ -501,6 +503,12 @@ def stage_ray(s: dict) -> dict:
 
     history = {int(m["step"]): m for m in read_metrics(run_dir)}
     steps = sorted(k for k in history if k >= 1)
+    # What the worker consumed, step by step (its trace: (source, row id) pairs and real tokens
+    # per source), for the check that both paths trained on the same rows.
+    consumed = {}
+    for line in watcher.trace.read_text().splitlines() if watcher.trace.is_file() else []:
+        t = json.loads(line)
+        consumed[int(t["step"])] = {"rows": t["rows"], "tokens": sum(t["tokens"].values())}
     w = s["warmup_steps"]
     measured = [history[k] for k in steps if k > w]
     last = config.max_steps  # evaluates and checkpoints before its line: out of the wall window
@@ -544,6 +552,7 @@ def stage_ray(s: dict) -> dict:
                 "tokens_per_s": history[k]["train/tokens_per_s"],
                 "loss": history[k]["train/loss"],
                 "seen_s_after_launch": (watcher.seen[k] - t_launch if k in watcher.seen else None),
+                **consumed.get(k, {"rows": None, "tokens": None}),
             }
             for k in steps
         ],

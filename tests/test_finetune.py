@@ -71,14 +71,24 @@ def test_few_shot_protocol_regression_and_pairs(task, tmp_path):
     accs = [r["test/accuracy"] for r in few["runs"]]
     assert few["summary"]["test/accuracy"]["mean"] == pytest.approx(np.mean(accs))
     assert few["summary"]["test/accuracy"]["std"] == pytest.approx(np.std(accs))
-    # regression on G+T content, and a pair task (DNA <sep> protein) through the BSM head
+    # Regression on G+T content, learnable by design: each sequence's G/T share is drawn
+    # uniformly in [0, 1], so the targets spread over the whole range. The trained head ranks
+    # the test sequences almost perfectly (Spearman 0.99 when measured); a head that learns
+    # nothing does not pass the bound (shuffled training targets gave -0.02, the untrained
+    # head -0.75).
     rng = np.random.default_rng(1)
-    seqs = ["".join(rng.choice(list("ACGT"), size=40)) for _ in range(120)]
-    gt = [(s, round((s.count("G") + s.count("T")) / 40, 3)) for s in seqs]
+    gt = []
+    for _ in range(120):
+        gt_share = rng.uniform(0, 1)
+        letters = np.where(rng.random(40) < gt_share, rng.choice(list("GT"), 40),
+                           rng.choice(list("AC"), 40))  # fmt: skip
+        seq = "".join(letters)
+        gt.append((seq, round((seq.count("G") + seq.count("T")) / 40, 3)))
     reg = finetune(FinetuneConfig(model=str(task["dir"] / "bsm"), task="regression",
                                   train_csv=_write(tmp_path / "r.csv", gt[:90]),
                                   test_csv=_write(tmp_path / "rt.csv", gt[90:]), epochs=4))
-    assert -1.0 <= reg["summary"]["test/spearman"]["mean"] <= 1.0
+    assert reg["summary"]["test/spearman"]["mean"] > 0.9, reg["summary"]
+    # and a pair task (DNA <sep> protein) through the BSM head
     pairs = [(a, "MK" if y == 0 else "WW", y) for a, y in _separable(rng, 60)]
     pair = finetune(FinetuneConfig(
         model=str(task["dir"] / "bsm"), epochs=3,

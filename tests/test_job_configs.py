@@ -46,3 +46,22 @@ def test_shipped_config_loads(path):
 
 def test_at_least_one_config_shipped():
     assert list(CONFIG_DIR.glob("*.yaml"))
+
+
+def test_prepare_example_shows_every_setting():
+    """The README says jobs/configs/prepare_example.yaml shows every setting of the
+    preparation job: every field of PrepareConfig and of its sections is in the file."""
+    import yaml
+
+    from bsm_ray.config import to_dict
+
+    def keys(data: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for key, value in data.items():
+            out.add(prefix + key)
+            if isinstance(value, dict):
+                out |= keys(value, f"{prefix}{key}.")
+        return out
+
+    shown = keys(yaml.safe_load((CONFIG_DIR / "prepare_example.yaml").read_text()))
+    assert keys(to_dict(PrepareConfig())) - shown == set()
