@@ -1,8 +1,12 @@
-"""The main job on a real two-node Ray cluster: `ray start --head` plus a second
-`ray start --address` node with its own resources, `ray job submit` of jobs/anneal_mix.py with
-trials on both nodes, the second node killed mid-sweep (the sweep goes on on the head), the
-driver stopped, `--resume` finishing the sweep without re-running a finished trial, and the
-MLflow store holding the parent run and one child run per trial.
+"""The main job on a real two-node Ray cluster: a head started by `cluster/local_cluster.sh up`
+(without the venv on PATH) plus a second `ray start --address` node with its own resources,
+`ray job submit` of jobs/anneal_mix.py without a storage path (the head's
+BSM_RAY_STORAGE_ROOT and MLFLOW_TRACKING_URI keep its results out of the job's temporary
+working directory, and a job without them refuses to start), trials on both nodes, the second
+node killed mid-sweep (the sweep goes on on the head), ASHA stopping the starved trial, the
+driver stopped, `--resume` finishing the sweep without re-running a finished trial, the grid
+check's facts recomputed from the trials' own files and Tune's state, and the MLflow store
+holding the parent run and one child run per trial.
 
 This module starts its own cluster, so it runs last (conftest orders `cluster` tests after the
 rest) and shuts the session's in-process Ray instance down first: two Ray instances on one
@@ -35,7 +39,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # two of those leave too little memory for the job (torch's libraries then fail to load).
 OBJECT_STORE = 1 << 30
 BIN = Path(sys.executable).parent
-STEPS = 10  # per trial: two trials, one per node
+STEPS = 10  # per trial
+GRACE = 5  # ASHA's only rung: a trial reaching it behind a better one is stopped there
+# Three fixed points, two at a time: the first two start together, one per node; the third,
+# starved of the pair sources the objective scores, starts when one of them has finished (so
+# ASHA has a result at the rung to compare it with) and is clearly worse there (objective at
+# step 5: 2.16 against 2.08 and 2.04 when measured in one process), so ASHA stops it.
+CANDIDATES = ("[{single_dna: 1, refseq_pair: 1, gene_pair: 1}, "
+              "{single_dna: 0.5, refseq_pair: 1, gene_pair: 1}, "
+              "{single_dna: 1, refseq_pair: 0.02, gene_pair: 0.02}]")  # fmt: skip
+OBJECTIVE = {"refseq_pair": 1.0, "gene_pair": 1.0}
 
 
 def _free_port() -> int:
@@ -102,6 +115,34 @@ def _trace_pids(trial_dir: Path) -> set[int]:
             for x in f.read_text().splitlines() if x.endswith("}")}  # fmt: skip
 
 
+def _tune_trials(sweep: Path) -> dict[str, tuple[str, int]]:
+    """Trial id -> (status, last step reported to Tune), from Tune's own experiment state in
+    the sweep's storage (written every ~10 s and at the end of a fit)."""
+    states = sorted((sweep / "tune").glob("experiment_state-*.json"),
+                    key=lambda f: f.stat().st_mtime)  # fmt: skip
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except ValueError:  # being written
+        return {}
+    out = {}
+    for trial_json, runtime_json in data["trial_data"]:
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        last = runtime.get("last_result") or {}
+        if isinstance(last, str):
+            last = json.loads(last)
+        out[trial["trial_id"]] = (trial["status"], int(last.get("step", 0)))
+    return out
+
+
+def _objective_at(trial_dir: Path, step: int) -> float:
+    """The objective at `step`, recomputed from the trial's own metrics.jsonl (the last
+    evaluation at that step: a restarted run may have logged it more than once)."""
+    m = [m for m in read_metrics(trial_dir) if m["step"] == step and "val/loss" in m][-1]
+    return sum(w * m[f"val/loss/{s}"] for s, w in OBJECTIVE.items()) / sum(OBJECTIVE.values())
+
+
 def _kill_node(temp_dir: str) -> int:
     """SIGKILL every process of the node started with `temp_dir` (raylet, its agents, its
     workers): the node is lost as a spot reclaim would lose it. Returns how many died."""
@@ -132,11 +173,25 @@ def cluster(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     env["RAY_AUTH_MODE"] = "token"  # the job client must use the cluster's token (~/.ray)
-    _ray("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
-         "--object-store-memory", str(OBJECT_STORE), "--include-dashboard", "true",
-         "--disable-usage-stats", env=env)  # fmt: skip
+    # The head as a user starts it, with the checkout's script and no venv on PATH (the script
+    # finds .venv itself). Its environment, which every job inherits, says where results go:
+    # runs under this test's folder, MLflow into this test's store.
+    store = tmp_path / "mlflow" / "mlflow.db"
+    head_env = {**env, "RAY_PORT": str(gcs), "DASHBOARD_PORT": str(dash), "NUM_CPUS": "2",
+                "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
+                "BSM_RAY_STORAGE_ROOT": str(tmp_path)}  # fmt: skip
+    if (ROOT / ".venv" / "bin" / "ray").is_file():
+        head_env["PATH"] = os.pathsep.join(
+            d for d in os.environ.get("PATH", "").split(os.pathsep)
+            if d and Path(d).resolve() != BIN.resolve())  # fmt: skip
+    else:  # the suite runs from another environment
+        head_env["RAY"] = str(BIN / "ray")
+    up = subprocess.run(
+        ["bash", str(ROOT / "cluster" / "local_cluster.sh"), "up", "--object-store-memory",
+         str(OBJECT_STORE), "--include-dashboard", "true", "--disable-usage-stats"],
+        env=head_env, capture_output=True, text=True, timeout=120)  # fmt: skip
     try:
+        assert up.returncode == 0, up.stdout + up.stderr
         # A second node with its own resources (here on the same machine) and its own temp
         # dir: sharing the head's, its runtime-env agent garbage-collected the job's working
         # directory (which it does not reference) under the running driver.
@@ -154,29 +209,33 @@ def cluster(tmp_path):
             time.sleep(1)
         head = next(n["node_id"] for n in alive if n["is_head_node"])
         second = next(n["node_id"] for n in alive if not n["is_head_node"])
-        yield address, env, head, second, node2_tmp
+        yield address, env, head, second, node2_tmp, up.stdout, store
     finally:
         _ray("stop", "--force", env=env, check=False)
         shutil.rmtree(node2_tmp, ignore_errors=True)
 
 
 def test_anneal_on_two_nodes_survives_node_loss_and_resumes(cluster, tmp_path):
-    address, env, head, second, node2_tmp = cluster
+    address, env, head, second, node2_tmp, up_stdout, db = cluster
+    client_ray = ".venv/bin/ray" if (ROOT / ".venv" / "bin" / "ray").is_file() else "ray"
+    assert (f"RAY_AUTH_MODE=token RAY_ADDRESS={address} {client_ray} job submit --working-dir . "
+            f"-- python jobs/anneal_mix.py") in up_stdout  # fmt: skip
+    assert f"write runs under {tmp_path} and track to sqlite:///{db}" in up_stdout
     data = tmp_path / "sample"
     prepare_dataset(PrepareConfig(output_dir=str(data), progress=False))
-    storage = tmp_path / "runs"
-    db = tmp_path / "mlflow" / "mlflow.db"
-    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}})
-    args = ["--set", "name=sweep", "--set", f"storage_path={storage}",
-            "--set", f"train.data.dataset={data}", "--set", "search.num_samples=2",
-            "--set", "search.candidates=[{single_dna: 10, refseq_pair: 2, gene_pair: 1}]",
-            "--set", "search.neighbours=false", "--set", f"steps={STEPS}", "--set", "eval_every=5",
-            "--set", "asha.grace_period=5", "--set", "base.steps=10",
+    # No storage_path: the embedded default's `runs` goes under the head's BSM_RAY_STORAGE_ROOT.
+    sweep = tmp_path / "runs" / "sweep"
+    args = ["--set", "name=sweep", "--set", f"train.data.dataset={data}",
+            "--set", "search.num_samples=3", "--set", f"search.candidates={CANDIDATES}",
+            "--set", "search.neighbours=false", "--set", f"objective={json.dumps(OBJECTIVE)}",
+            "--set", f"steps={STEPS}", "--set", "eval_every=5",
+            "--set", f"asha.grace_period={GRACE}", "--set", "base.steps=10",
             "--set", "train.trace=true"]  # fmt: skip
 
-    def submit(job_id: str, *extra: str) -> None:
+    def submit(job_id: str, *extra: str, runtime_env: dict | None = None) -> None:
+        renv = ["--runtime-env-json", json.dumps(runtime_env)] if runtime_env else []
         _ray("job", "submit", "--address", address, "--working-dir", str(ROOT),
-             "--submission-id", job_id, "--runtime-env-json", runtime_env, "--no-wait",
+             "--submission-id", job_id, *renv, "--no-wait",
              "--", "python", "jobs/anneal_mix.py", *args, *extra, env=env)  # fmt: skip
 
     t0 = time.time()
@@ -184,9 +243,21 @@ def test_anneal_on_two_nodes_survives_node_loss_and_resumes(cluster, tmp_path):
     def phase(what: str) -> None:  # shown with -s: where the test's minutes go
         print(f"[cluster test {time.time() - t0:5.0f} s] {what}", flush=True)
 
+    # Without a storage root, the same submission would write into Ray's temporary copy of the
+    # checkout: it refuses to start, in one line saying why and what to set.
+    submit("refused", runtime_env={"env_vars": {"BSM_RAY_STORAGE_ROOT": ""}})
     submit("anneal-1")
-    trials = storage / "sweep" / "trials"
-    deadline = time.time() + 480
+    trials = sweep / "trials"
+    deadline = time.time() + 600
+    assert _wait_status(address, "refused", env, timeout=120) == "FAILED"
+    refused = _logs(address, "refused", env).strip().splitlines()
+    assert refused[-1].startswith("error: this Ray job runs in a temporary working directory ("), (
+        refused[-5:])
+    assert "storage_path" in refused[-1] and "BSM_RAY_STORAGE_ROOT" in refused[-1]
+    assert "MLflow" not in refused[-1]  # the head's MLFLOW_TRACKING_URI is outside it
+    job_dir = Path(refused[-1].split("(", 1)[1].split(")", 1)[0])
+    assert "runtime_resources/working_dir_files" in str(job_dir), job_dir
+    phase("a job without a storage root refused to start")
 
     def running(job_id: str) -> None:
         assert time.time() < deadline, _logs(address, job_id, env)[-3000:]
@@ -209,16 +280,29 @@ def test_anneal_on_two_nodes_survives_node_loss_and_resumes(cluster, tmp_path):
     victim = next((d for d in trials.glob("*") if killed & _trace_pids(d)), None)
     phase(f"second node killed while Train workers {sorted(killed)} ran there "
           f"({'in trial ' + victim.name if victim else 'starting up'})")  # fmt: skip
-    finished: list[Path] = []
-    while not finished:
+    # The starved third trial starts once a trial has finished, and ASHA stops it at its rung.
+    # Wait until Tune's own saved state says so (so the resumed sweep restores that decision),
+    # then stop the job.
+    starved = None
+    while True:
         running("anneal-1")
-        finished = [d for d in trials.glob("*") if finished_metrics(d, STEPS) is not None]
+        if starved is None:  # the trial whose mix is nearly all single_dna
+            mixes = {d.parent.name: json.loads(d.read_text())["train"]["data"]["mix"]
+                     for d in trials.glob("*/trial.json")}  # fmt: skip
+            starved = next((t for t, mix in mixes.items() if mix["single_dna"] > 0.9), None)
+        state = _tune_trials(sweep)
+        if starved in state and state[starved][0] == "TERMINATED":
+            break
         time.sleep(1)
-    phase("a trial finished on the head; stopping the job")
+    assert state[starved][1] == GRACE, state  # stopped at the rung, not trained to the end
+    assert finished_metrics(trials / starved, STEPS) is None
+    finished = [d for d in trials.glob("*") if finished_metrics(d, STEPS) is not None]
+    assert finished, state
+    phase(f"ASHA stopped trial {starved} at step {GRACE}; stopping the job")
     _ray("job", "stop", "--address", address, "anneal-1", env=env)
     assert _wait_status(address, "anneal-1", env) == "STOPPED"
     (tmp_path / "anneal-1.log").write_text(_logs(address, "anneal-1", env))  # for a post-mortem
-    assert not (storage / "sweep" / "summary.json").exists()  # stopped mid-sweep
+    assert not (sweep / "summary.json").exists()  # stopped mid-sweep
     before = {d.name: (d / "metrics.jsonl").read_text() for d in finished}
 
     # The stopped sweep resumes on the one node left.
@@ -233,23 +317,48 @@ def test_anneal_on_two_nodes_survives_node_loss_and_resumes(cluster, tmp_path):
     # The finished trials were not trained again: their step logs are unchanged.
     for name, text in before.items():
         assert (trials / name / "metrics.jsonl").read_text() == text, name
-    summary = json.loads((storage / "sweep" / "summary.json").read_text())
-    assert len(summary["trials"]) == 2 and not summary["errors"]
+    # Everything is in durable storage (the head's BSM_RAY_STORAGE_ROOT), nothing in the job's
+    # temporary working directory.
+    assert (sweep / "best_mix.yaml").is_file() and (sweep / "objective_vs_mix.png").is_file()
+    assert not (job_dir / "runs").exists() and not (job_dir / "mlflow" / "store").exists()
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert len(summary["trials"]) == 3 and not summary["errors"]
     # Nothing of the sweep was lost with the node: every trial trained to its last step (the
-    # grid check runs on any that ASHA stopped), and the one that lost its workers, if it had
+    # grid check ran on the ones ASHA stopped), and the one that lost its workers, if it had
     # begun training, went on with other workers.
     for trial in summary["trials"]:
         assert max(m["step"] for m in read_metrics(trials / trial["trial_id"])) == STEPS
     if victim is not None:
         assert _trace_pids(victim) - killed, _trace_pids(victim)
-    assert summary["grid_steps"] == 2 * STEPS
-    assert 0 < summary["asha_steps"] <= summary["grid_steps"]
-    assert isinstance(summary["same_winner"], bool)
+    # The grid check, recomputed: Tune's state says which trials ASHA stopped (at least the
+    # starved one) and how far each got; the objectives at the last step come from each
+    # trial's own metrics.jsonl.
+    tune_state = _tune_trials(sweep)
+    assert sorted(tune_state) == sorted(t["trial_id"] for t in summary["trials"])
+    assert all(status == "TERMINATED" for status, _ in tune_state.values()), tune_state
+    stopped = {t for t, (_, step) in tune_state.items() if step < STEPS}
+    assert starved in stopped
+    rows = {t["trial_id"]: t for t in summary["trials"]}
+    for t, (_, step) in tune_state.items():
+        assert rows[t]["steps_asha"] >= step and (rows[t]["steps_asha"] < STEPS) == (t in stopped)
+    assert summary["grid_steps"] == 3 * STEPS
+    assert sum(step for _, step in tune_state.values()) <= summary["asha_steps"] < 3 * STEPS
+    assert summary["asha_steps"] == sum(r["steps_asha"] for r in rows.values())
+    full = {t: _objective_at(trials / t, STEPS) for t in tune_state}
+    for t, value in full.items():
+        assert rows[t]["objective_full"] == pytest.approx(value, abs=1e-6), t
+    grid_winner = min(full, key=full.get)
+    asha_winner = min((t for t in full if t not in stopped), key=full.get)
+    assert summary["grid_winner"]["trial_id"] == grid_winner
+    assert summary["winner"]["trial_id"] == asha_winner
+    assert summary["same_winner"] == (grid_winner == asha_winner)
     assert "winning mix: single_dna" in logs
-    assert f"the full grid is 2 trials x {STEPS} steps = {2 * STEPS}" in logs
-    assert "Full-grid winner: trial" in logs
+    assert f"the full grid is 3 trials x {STEPS} steps = {3 * STEPS}" in logs
+    verdict = "the same as" if grid_winner == asha_winner else "NOT the same as"
+    assert (f"Full-grid winner: trial {grid_winner} (objective {full[grid_winner]:.4f}); "
+            f"{verdict} ASHA's winner.") in logs  # fmt: skip
     # The winner as a next-round config that jobs/pretrain.py accepts.
-    best = storage / "sweep" / "best_mix.yaml"
+    best = sweep / "best_mix.yaml"
     assert yaml.safe_load(best.read_text())["data"]["mix"] == pytest.approx(
         summary["winner"]["mix"], abs=1e-6)
     printed = subprocess.run([sys.executable, str(ROOT / "jobs" / "pretrain.py"), "--round", "2",
@@ -276,4 +385,5 @@ def test_anneal_on_two_nodes_survives_node_loss_and_resumes(cluster, tmp_path):
         assert len(history) >= 5
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"summary.json", "best_mix.yaml", "objective_vs_mix.png"} <= artifacts
-    assert parent.data.metrics["sweep/grid_steps"] == 2 * STEPS
+    assert parent.data.metrics["sweep/grid_steps"] == 3 * STEPS
+    assert parent.data.metrics["sweep/asha_steps"] == summary["asha_steps"]
