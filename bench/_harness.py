@@ -1,20 +1,31 @@
 """Shared plumbing of the benchmarks in bench/ (standard library only at import time).
 
+A benchmark script is a driver and its stages: the driver parses its flags, runs every stage
+as `script --stage NAME` in a fresh subprocess, and prints and writes the report; the stage
+subprocess measures one thing and writes its result JSON. This module holds what they share:
+
 - measuring inside a stage subprocess: peak RSS (`getrusage` ru_maxrss, /proc/self/status
-  fields) and `timed` (warm-up runs, then timed repeats);
-- the driver side: `spawn_stage` runs one stage of a benchmark script in a fresh interpreter
-  started through a tiny launcher (so the ru_maxrss it inherits at exec is the launcher's, not
-  the caller's; see bench/ingest_throughput.py), `run_stage` is the body of such a subprocess;
+  fields) and `timed` (warm-up runs, then timed repeats); `run_stage_from_args` is the body of
+  such a subprocess (optionally pinned to one core first: `pin_to_one_core`);
+- the driver side: the common flags (`add_out_arg`, `add_stage_run_args` for
+  --repeats/--warmup/--stages/--quick/--regenerate, `add_hidden_stage_args`, `fill_defaults`,
+  `check_stages`); `run_stages`/`spawn_stage` run stages in fresh interpreters started through a
+  tiny launcher (so the ru_maxrss they inherit at exec is the launcher's, not the caller's; see
+  bench/ingest_throughput.py); `thread_env` pins their thread pools;
 - the seeded synthetic genome FASTA shared by the benchmarks (`genome_path`, `ensure_genome`,
   `stage_generate`): generated once under the output folder, with a JSON sidecar, and reused by
   every benchmark while size, seed, record count and compression match;
-- JSON written atomically, and the plain-text tables.
+- the report: a row per stage with its median and throughput (`stage_row`), the machine
+  (`machine_info`), JSON written atomically, and the plain-text tables.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -22,7 +33,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO_ROOT / "bench" / "out"
 GENERATOR = "bsm_ray.data.samples.write_synthetic_genome"
+# The thread-pool sizes of OpenMP, the BLAS libraries and numexpr; a stage that must run on a
+# given number of threads has all of them set before numpy (or torch) is imported.
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "BLIS_NUM_THREADS",
+)
 
 
 # --- measuring (used inside the stage subprocesses) --------------------------------------------
@@ -64,32 +86,135 @@ def timed(fn, repeats: int, warmup: int) -> tuple[list[float], object]:
     return times, result
 
 
-def run_stage(
+def cpu_pinning() -> dict:
+    """This process's CPU affinity and thread variables (what a pinned stage reports)."""
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"cpu_affinity": affinity, **{v: os.environ.get(v) for v in THREAD_VARS}}
+
+
+def pin_to_one_core(cpu: int | None) -> None:
+    """Run this process on core `cpu` with one thread per pool; before numpy is imported."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+    for var in THREAD_VARS:  # already set by the driver (`thread_env`); for a stage run by hand
+        os.environ.setdefault(var, "1")
+
+
+def run_stage_from_args(
+    args: argparse.Namespace,
     stage_functions: dict[str, Callable[[dict], dict]],
-    import_common: Callable[[], None],
-    name: str,
-    settings: dict,
-    result_path: str,
-) -> None:
-    """Body of a stage subprocess: import, measure, write the result JSON (atomically)."""
+    import_common: Callable[[], None] | None = None,
+    pin_cpu: bool = False,
+) -> bool:
+    """In a stage subprocess (the hidden `--stage` flags given): run that stage and return True.
+
+    The body of the subprocess: pin to core `settings["cpu"]` first when `pin_cpu`, import the
+    modules every stage imports (`import_common`, timed; None where the stages time their own
+    imports), run the stage, and write its result JSON (atomically) with its peak RSS.
+    """
+    if not args.stage:
+        return False
+    settings = json.loads(args.stage_settings)
+    if pin_cpu:
+        pin_to_one_core(settings.get("cpu"))
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     t0 = time.perf_counter()
-    import_common()
+    if import_common is not None:
+        import_common()
     import_seconds = time.perf_counter() - t0
     rss_after_import = proc_status_mib("VmRSS")
-    result = stage_functions[name](settings)
+    result = stage_functions[args.stage](settings)
     result.update(
-        stage=name,
+        stage=args.stage,
         peak_rss_mib=peak_rss_mib(),
         vm_hwm_mib=proc_status_mib("VmHWM"),
         rss_after_import_mib=rss_after_import,
         import_seconds=import_seconds,
     )
-    atomic_write_json(Path(result_path), result)
+    atomic_write_json(Path(args.stage_result), result)
+    return True
 
 
-# --- the driver ---------------------------------------------------------------------------------
+# --- the driver: flags ---------------------------------------------------------------------------
+
+
+def add_out_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    p.add_argument("--out", default=str(DEFAULT_OUT), help=help)
+
+
+def add_stage_run_args(
+    p: argparse.ArgumentParser, stage_names: Sequence[str], repeats_help: str, quick_help: str
+) -> None:
+    """--repeats, --warmup (the median of the timed runs after the untimed ones), --stages (a
+    subset, checked by `check_stages`), --quick and --regenerate (the genome)."""
+    p.add_argument("--repeats", type=int, default=3, help=repeats_help)
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
+    p.add_argument(
+        "--stages",
+        default=",".join(stage_names),
+        help=f"comma-separated subset of: {', '.join(stage_names)}",
+    )
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--regenerate", action="store_true", help="rewrite the genome even if present")
+
+
+def add_hidden_stage_args(p: argparse.ArgumentParser, stage_functions: dict) -> None:
+    """The flags a stage subprocess is started with (`spawn_stage`); hidden from --help."""
+    p.add_argument("--stage", choices=sorted(stage_functions), help=argparse.SUPPRESS)
+    p.add_argument("--stage-settings", help=argparse.SUPPRESS)
+    p.add_argument("--stage-result", help=argparse.SUPPRESS)
+
+
+def fill_defaults(args: argparse.Namespace, quick: dict, defaults: dict) -> None:
+    """Set every flag of `defaults` not given on the command line: from `quick` with --quick."""
+    for key, value in (quick if args.quick else defaults).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
+def check_stages(p: argparse.ArgumentParser, stages: str, stage_names: Sequence[str]) -> None:
+    unknown = set(stages.split(",")) - set(stage_names)
+    if unknown:
+        p.error(f"unknown stage(s) {', '.join(sorted(unknown))}; known: {', '.join(stage_names)}")
+
+
+def wanted_stages(stages: str, stage_names: Sequence[str]) -> list[str]:
+    """The stages of --stages in the script's order, "baseline" first: every row is shown
+    against it."""
+    wanted = [name for name in stage_names if name in stages.split(",")]
+    if "baseline" not in wanted:
+        wanted.insert(0, "baseline")
+    return wanted
+
+
+def default_cpu() -> int | None:
+    """The lowest core this process may run on (None where affinity is not available)."""
+    return min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+# --- the driver: running the stages --------------------------------------------------------------
+
+
+def make_out_dirs(out: str | Path, work_name: str) -> tuple[Path, Path]:
+    """The output folder and its scratch folder for the stages' result files, both created."""
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work_dir = out / work_name
+    work_dir.mkdir(exist_ok=True)
+    return out, work_dir
+
+
+def remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def thread_env(num_threads: int) -> dict[str, str]:
+    """Environment variables that size every thread pool of a stage to `num_threads`."""
+    return {var: str(num_threads) for var in THREAD_VARS}
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -152,6 +277,21 @@ def spawn_stage(
     result_path.unlink()
     result["subprocess_wall_seconds"] = wall
     return result
+
+
+def run_stages(
+    script: str | Path,
+    names: Sequence[str],
+    settings: dict,
+    work_dir: Path,
+    env: dict[str, str] | None = None,
+) -> dict[str, dict]:
+    """Run the stages `names` of `script` one after the other (`spawn_stage`); name -> result."""
+    results = {}
+    for name in names:
+        print(f"... {name}", file=sys.stderr, flush=True)
+        results[name] = spawn_stage(script, name, settings, work_dir, env=env)
+    return results
 
 
 # --- the synthetic genome ------------------------------------------------------------------------
@@ -220,7 +360,84 @@ def ensure_genome(
     return {**meta, "reused": False}
 
 
+# --- the report ----------------------------------------------------------------------------------
+
+
+def median_or_none(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def add_throughput(row: dict) -> dict:
+    """Add amount / median seconds to a stage row that has both (bp/s or tokens/s)."""
+    if row["seconds"] and row["amount"] is not None:
+        row["throughput_per_s"] = row["amount"] / row["seconds"]
+        row["throughput_unit"] = "bp/s" if row["unit"] == "bp" else "tokens/s"
+    return row
+
+
+def stage_row(
+    name: str, label: str, result: dict, baseline_mib: float, notes: str | None = None
+) -> dict:
+    """The row of stage `name` (table and JSON) from its subprocess's result: the median of its
+    timed repeats, its peak RSS and that over the imports-only baseline, and its throughput.
+    `notes`: the table's notes column (default: the stage's own)."""
+    times = result.get("times") or []
+    if name == "baseline":
+        notes = "fresh interpreter + imports"
+    return add_throughput(
+        {
+            "stage": name,
+            "label": label,
+            "amount": result.get("amount"),
+            "unit": result.get("unit"),
+            "seconds": median_or_none(times),
+            "times": times,
+            "peak_rss_mib": result["peak_rss_mib"],
+            "vm_hwm_mib": result.get("vm_hwm_mib"),
+            "over_baseline_mib": (
+                None if name == "baseline" else result["peak_rss_mib"] - baseline_mib
+            ),
+            "rss_after_import_mib": result.get("rss_after_import_mib"),
+            "import_seconds": result.get("import_seconds"),
+            "subprocess_wall_seconds": result.get("subprocess_wall_seconds"),
+            "notes": result.get("notes", "") if notes is None else notes,
+            "extra": result.get("extra", {}),
+        }
+    )
+
+
+def machine_info(dists: Sequence[str]) -> dict:
+    """Python, platform, CPU count and the versions of `dists` (None where not installed)."""
+    import importlib.metadata as md
+
+    versions = {}
+    for dist in dists:
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        **versions,
+    }
+
+
+def baseline_summary(baseline_mib: float, result_path: Path) -> str:
+    """The line under a stage table: the imports-only baseline, the machine, the JSON's path."""
+    return (
+        f"baseline (imports only) {baseline_mib:,.1f} MiB; python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs; -> {result_path}"
+    )
+
+
 # --- tables --------------------------------------------------------------------------------------
+
+
+def fmt_or_dash(value, spec: str, unit: str = "") -> str:
+    """`value` formatted with `spec` and followed by `unit`; "-" for None."""
+    return "-" if value is None else f"{value:{spec}}{unit}"
 
 
 def fmt_amount(amount, unit) -> str:
@@ -260,10 +477,10 @@ def format_table(rows: list[dict]) -> str:
         [
             r["label"],
             fmt_amount(r["amount"], r["unit"]),
-            "-" if r["seconds"] is None else f"{r['seconds']:.3f}",
+            fmt_or_dash(r["seconds"], ".3f"),
             fmt_rate(r["amount"], r["unit"], r["seconds"]),
             f"{r['peak_rss_mib']:,.1f}",
-            "-" if r["over_baseline_mib"] is None else f"{r['over_baseline_mib']:+,.1f}",
+            fmt_or_dash(r["over_baseline_mib"], "+,.1f"),
             r.get("notes", ""),
         ]
         for r in rows

@@ -39,29 +39,13 @@ ingestion statistics), to `<out>/ingest_throughput.json` (written atomically).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for _harness
-from _harness import atomic_write_json as _atomic_write_json  # noqa: E402
-from _harness import (  # noqa: E402
-    ensure_genome,
-    format_table,
-    run_stage,
-    spawn_stage,
-    stage_generate,
-)
-from _harness import genome_path as _genome_path  # noqa: E402
-from _harness import peak_rss_mib as _peak_rss_mib  # noqa: E402
-from _harness import proc_status_mib as _proc_status_mib  # noqa: E402
-from _harness import timed as _timed  # noqa: E402
+import _harness as harness  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULT_NAME = "ingest_throughput.json"
 KMER_PIECE_NT = 511  # a full GeneMask piece: 506 6-mers
 KMER_BATCH = 1024
@@ -143,7 +127,7 @@ def stage_read_iter_fasta(s: dict) -> dict:
             records += chunk.first
         return bp, records
 
-    times, (bp, records) = _timed(run, s["repeats"], s["warmup"])
+    times, (bp, records) = harness.timed(run, s["repeats"], s["warmup"])
     return {
         "amount": bp,
         "unit": "bp",
@@ -172,7 +156,7 @@ def stage_read_biopython(s: dict) -> dict:
                 handle.close()
         return bp, records
 
-    times, (bp, records) = _timed(run, s["repeats"], s["warmup"])
+    times, (bp, records) = harness.timed(run, s["repeats"], s["warmup"])
     return {
         "amount": bp,
         "unit": "bp",
@@ -197,7 +181,7 @@ def stage_genome_pieces(s: dict) -> dict:
             rows += 1
         return rows, ctx.stats
 
-    times, (rows, stats) = _timed(run, s["repeats"], s["warmup"])
+    times, (rows, stats) = harness.timed(run, s["repeats"], s["warmup"])
     return {
         "amount": stats.get("genome/bp_read", 0),
         "unit": "bp",
@@ -229,7 +213,7 @@ def stage_prepare(s: dict) -> dict:
         )
 
     try:
-        times, result = _timed(run, s["repeats"], s["warmup"])
+        times, result = harness.timed(run, s["repeats"], s["warmup"])
         manifest = result.manifest
         genome_totals = manifest["totals"].get("genome", {})
         pieces = sum(t["rows"] for t in genome_totals.values())
@@ -265,8 +249,8 @@ def stage_kmer_ids(s: dict) -> dict:
 
     tok = KmerTokenizer(6)
     seq = _load_sequence(s["genome_path"])
-    setup_rss = _proc_status_mib("VmRSS")
-    times, ids = _timed(lambda: tok.kmer_ids(seq), s["repeats"], s["warmup"])
+    setup_rss = harness.proc_status_mib("VmRSS")
+    times, ids = harness.timed(lambda: tok.kmer_ids(seq), s["repeats"], s["warmup"])
     n = int(ids.size)
     return {
         "amount": n,
@@ -288,7 +272,7 @@ def stage_kmer_encode_batch(s: dict) -> dict:
     ]
     del seq
     batches = [pieces[i : i + KMER_BATCH] for i in range(0, len(pieces), KMER_BATCH)]
-    setup_rss = _proc_status_mib("VmRSS")
+    setup_rss = harness.proc_status_mib("VmRSS")
 
     def run():
         kept = 0
@@ -297,7 +281,7 @@ def stage_kmer_encode_batch(s: dict) -> dict:
             kept += out["input_ids"].shape[0]
         return kept
 
-    times, rows = _timed(run, s["repeats"], s["warmup"])
+    times, rows = harness.timed(run, s["repeats"], s["warmup"])
     kmers = rows * (KMER_PIECE_NT - tok.k + 1)
     return {
         "amount": kmers,
@@ -329,7 +313,7 @@ def stage_char_encode(s: dict) -> dict:
     tok = BsmCharTokenizer()
     docs = _char_documents(s)
     tokens = sum(tok.count_tokens(d) for d in docs)
-    setup_rss = _proc_status_mib("VmRSS")
+    setup_rss = harness.proc_status_mib("VmRSS")
 
     def run():
         n = 0
@@ -337,7 +321,7 @@ def stage_char_encode(s: dict) -> dict:
             n += tok.encode(d).size
         return n
 
-    times, n = _timed(run, s["repeats"], s["warmup"])
+    times, n = harness.timed(run, s["repeats"], s["warmup"])
     assert n == tokens, (n, tokens)  # correctness of the count, not timing
     letters = sum(len(d) for d in docs) - len(docs) * len("<dna>")
     return {
@@ -356,7 +340,7 @@ def stage_char_encode_batch(s: dict) -> dict:
     docs = _char_documents(s)
     tokens = sum(tok.count_tokens(d) for d in docs)
     batches = [docs[i : i + CHAR_BATCH] for i in range(0, len(docs), CHAR_BATCH)]
-    setup_rss = _proc_status_mib("VmRSS")
+    setup_rss = harness.proc_status_mib("VmRSS")
 
     def run():
         n = 0
@@ -365,7 +349,7 @@ def stage_char_encode_batch(s: dict) -> dict:
             n += ids.size
         return n
 
-    times, n = _timed(run, s["repeats"], s["warmup"])
+    times, n = harness.timed(run, s["repeats"], s["warmup"])
     assert n == tokens, (n, tokens)
     return {
         "amount": tokens,
@@ -377,7 +361,7 @@ def stage_char_encode_batch(s: dict) -> dict:
 
 
 STAGE_FUNCTIONS = {
-    "generate": stage_generate,
+    "generate": harness.stage_generate,
     "baseline": stage_baseline,
     "read_iter_fasta": stage_read_iter_fasta,
     "read_biopython": stage_read_biopython,
@@ -390,22 +374,7 @@ STAGE_FUNCTIONS = {
 }
 
 
-def run_stage_here(name: str, settings: dict, result_path: str) -> None:
-    """Body of a stage subprocess: import, measure, write the result JSON (atomically)."""
-    run_stage(STAGE_FUNCTIONS, _import_common, name, settings, result_path)
-
-
 # --- the driver (standard library only) ---------------------------------------------------------
-
-
-def _spawn_stage(name: str, settings: dict, work_dir: Path) -> dict:
-    """Run one stage in a fresh interpreter; return its result dict."""
-    return spawn_stage(__file__, name, settings, work_dir)
-
-
-def _ensure_genome(args, settings: dict, work_dir: Path) -> dict:
-    """Generate the genome FASTA (in a subprocess) unless an identical one is already there."""
-    return ensure_genome(__file__, settings, work_dir, gzip=args.gzip, regenerate=args.regenerate)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -424,11 +393,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="records in the genome FASTA (default 1: one chromosome-sized record)",
     )
-    p.add_argument(
-        "--out",
-        default=str(REPO_ROOT / "bench" / "out"),
-        help="folder for the genome, the scratch dataset and the JSON result",
-    )
+    harness.add_out_arg(p, "folder for the genome, the scratch dataset and the JSON result")
     p.add_argument("--seed", type=int, default=0, help="genome and prepare_dataset seed")
     p.add_argument(
         "--chunk-mb",
@@ -444,29 +409,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Mbp of the genome for the BSM char tokenizer rows (default 10, 1 quick)",
     )
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per stage (median)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
-    p.add_argument(
-        "--stages",
-        default=",".join(STAGE_NAMES),
-        help=f"comma-separated subset of: {', '.join(STAGE_NAMES)}",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"small smoke run ({QUICK_GENOME_MBP:g} Mbp genome, "
+    harness.add_stage_run_args(
+        p,
+        STAGE_NAMES,
+        repeats_help="timed runs per stage (median)",
+        quick_help=f"small smoke run ({QUICK_GENOME_MBP:g} Mbp genome, "
         f"{QUICK_CHAR_MBP:g} Mbp for the char tokenizer)",
     )
-    p.add_argument("--regenerate", action="store_true", help="rewrite the genome even if present")
     p.add_argument(
         "--keep-dataset",
         action="store_true",
         help="keep the dataset prepare_dataset wrote (default: removed)",
     )
-    # Hidden: the driver runs every stage as `--stage NAME` in a fresh subprocess.
-    p.add_argument("--stage", choices=sorted(STAGE_FUNCTIONS), help=argparse.SUPPRESS)
-    p.add_argument("--stage-settings", help=argparse.SUPPRESS)
-    p.add_argument("--stage-result", help=argparse.SUPPRESS)
+    harness.add_hidden_stage_args(p, STAGE_FUNCTIONS)
     args = p.parse_args(argv)
     if args.genome_mbp is None:
         args.genome_mbp = QUICK_GENOME_MBP if args.quick else 50.0
@@ -476,26 +431,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--genome-mbp, --char-mbp and --chunk-mb must be positive")
     if args.repeats < 1 or args.warmup < 0 or args.num_chromosomes < 1:
         p.error("--repeats >= 1, --warmup >= 0 and --num-chromosomes >= 1 are required")
-    unknown = set(args.stages.split(",")) - set(STAGE_NAMES)
-    if unknown:
-        p.error(f"unknown stage(s) {', '.join(sorted(unknown))}; known: {', '.join(STAGE_NAMES)}")
+    harness.check_stages(p, args.stages, STAGE_NAMES)
     return args
+
+
+def generate_row(genome: dict, genome_bp: int, baseline: float, record_desc: str) -> dict:
+    """The genome generation's row (shown for its memory and time; not ingestion)."""
+    return harness.add_throughput(
+        {
+            "stage": "generate",
+            "label": "generate genome (not ingestion)",
+            "amount": genome_bp,
+            "unit": "bp",
+            "seconds": genome.get("seconds"),
+            "times": [genome.get("seconds")],
+            "peak_rss_mib": genome.get("peak_rss_mib", 0.0),
+            "vm_hwm_mib": genome.get("vm_hwm_mib"),
+            "over_baseline_mib": genome.get("peak_rss_mib", 0.0) - baseline,
+            "notes": ("reused; " if genome["reused"] else "")
+            + f"{record_desc}, {genome['bytes'] / 2**20:,.0f} MiB file",
+        }
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.stage:
-        run_stage_here(args.stage, json.loads(args.stage_settings), args.stage_result)
+    if harness.run_stage_from_args(args, STAGE_FUNCTIONS, _import_common):
         return {}
 
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    work_dir = out / ".stages"
-    work_dir.mkdir(exist_ok=True)
+    out, work_dir = harness.make_out_dirs(args.out, ".stages")
     genome_bp = int(round(args.genome_mbp * 1e6))
-    genome_path = _genome_path(out, genome_bp, args.seed, args.num_chromosomes, args.gzip)
+    path = harness.genome_path(out, genome_bp, args.seed, args.num_chromosomes, args.gzip)
     settings = {
-        "genome_path": str(genome_path),
+        "genome_path": str(path),
         "genome_bp": genome_bp,
         "seed": args.seed,
         "num_chromosomes": args.num_chromosomes,
@@ -507,16 +475,13 @@ def main(argv: list[str] | None = None) -> dict:
         "keep_dataset": bool(args.keep_dataset),
     }
     started = time.time()
-    genome = _ensure_genome(args, settings, work_dir)
+    genome = harness.ensure_genome(
+        __file__, settings, work_dir, gzip=args.gzip, regenerate=args.regenerate
+    )
+    results = harness.run_stages(
+        __file__, harness.wanted_stages(args.stages, STAGE_NAMES), settings, work_dir
+    )
 
-    wanted = [name for name in STAGE_NAMES if name in args.stages.split(",")]
-    if "baseline" not in wanted:
-        wanted.insert(0, "baseline")  # every row is shown against it
-    labels = dict(STAGES)
-    results = {}
-    for name in wanted:
-        print(f"... {name}", file=sys.stderr, flush=True)
-        results[name] = _spawn_stage(name, settings, work_dir)
     baseline = results["baseline"]["peak_rss_mib"]
     # The stages inherit the launcher's small high-water mark, whatever this process holds;
     # a stage whose ru_maxrss is far above its own image's VmHWM would show it did not.
@@ -525,61 +490,15 @@ def main(argv: list[str] | None = None) -> dict:
         for r in (*results.values(), {"stage": "generate", **genome})
         if r.get("vm_hwm_mib") and r["peak_rss_mib"] > r["vm_hwm_mib"] + 8
     ]
-
     per_record = genome_bp // args.num_chromosomes
     record_desc = f"{args.num_chromosomes} record(s) of {per_record / 1e6:g} Mbp"
-    generate_row = {
-        "stage": "generate",
-        "label": "generate genome (not ingestion)",
-        "amount": genome_bp,
-        "unit": "bp",
-        "seconds": genome.get("seconds"),
-        "times": [genome.get("seconds")],
-        "peak_rss_mib": genome.get("peak_rss_mib", 0.0),
-        "vm_hwm_mib": genome.get("vm_hwm_mib"),
-        "over_baseline_mib": genome.get("peak_rss_mib", 0.0) - baseline,
-        "notes": ("reused; " if genome["reused"] else "")
-        + f"{record_desc}, {genome['bytes'] / 2**20:,.0f} MiB file",
-    }
+    labels = dict(STAGES)
     rows = []
-    for name in wanted:
-        r = results[name]
-        times = r.get("times") or []
-        rows.append(
-            {
-                "stage": name,
-                "label": labels[name],
-                "amount": r.get("amount"),
-                "unit": r.get("unit"),
-                "seconds": statistics.median(times) if times else None,
-                "times": times,
-                "peak_rss_mib": r["peak_rss_mib"],
-                "vm_hwm_mib": r.get("vm_hwm_mib"),
-                "over_baseline_mib": None if name == "baseline" else r["peak_rss_mib"] - baseline,
-                "rss_after_import_mib": r.get("rss_after_import_mib"),
-                "import_seconds": r.get("import_seconds"),
-                "subprocess_wall_seconds": r.get("subprocess_wall_seconds"),
-                "notes": r.get("notes", "")
-                if name != "baseline"
-                else "fresh interpreter + imports",
-                "extra": r.get("extra", {}),
-            }
-        )
-        if name == "baseline":
-            rows.append(generate_row)
-    for row in rows:
-        if row["seconds"] and row["amount"] is not None:
-            row["throughput_per_s"] = row["amount"] / row["seconds"]
-            row["throughput_unit"] = "bp/s" if row["unit"] == "bp" else "tokens/s"
+    for name, r in results.items():
+        rows.append(harness.stage_row(name, labels[name], r, baseline))
+        if name == "baseline":  # generation right under it
+            rows.append(generate_row(genome, genome_bp, baseline, record_desc))
 
-    import importlib.metadata as md
-
-    versions = {}
-    for dist in ("numpy", "biopython", "pyarrow"):
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            versions[dist] = None
     report = {
         "benchmark": "ingest_throughput",
         "created_unix": started,
@@ -591,41 +510,30 @@ def main(argv: list[str] | None = None) -> dict:
             "char_mbp": args.char_mbp,
             "quick": bool(args.quick),
         },
-        "genome": {"path": str(genome_path), **genome},
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            **versions,
-        },
+        "genome": {"path": str(path), **genome},
+        "machine": harness.machine_info(("numpy", "biopython", "pyarrow")),
         "rss_note": "peak_rss_mib = getrusage(RUSAGE_SELF).ru_maxrss of the stage's own "
         "subprocess; over_baseline_mib = that minus the imports-only subprocess",
         "baseline_rss_mib": baseline,
-        "driver_peak_rss_mib": _peak_rss_mib(),
+        "driver_peak_rss_mib": harness.peak_rss_mib(),
         "rows": rows,
     }
     result_path = out / RESULT_NAME
-    _atomic_write_json(result_path, report)
+    harness.atomic_write_json(result_path, report)
 
     print(
-        f"genome: {genome_path} ({record_desc}; {'gzip' if args.gzip else 'plain'}, "
+        f"genome: {path} ({record_desc}; {'gzip' if args.gzip else 'plain'}, "
         f"seed {args.seed}); median of {args.repeats} after {args.warmup} warm-up; "
         f"peak RSS = ru_maxrss of each stage's own subprocess"
     )
-    print(format_table(rows))
+    print(harness.format_table(rows))
     if inherited:
         print(
             f"WARNING: ru_maxrss of {', '.join(inherited)} exceeds the stage's own VmHWM by "
             "more than 8 MiB: it may include memory inherited at exec (see vm_hwm_mib)"
         )
-    print(
-        f"baseline (imports only) {baseline:,.1f} MiB; "
-        f"python {platform.python_version()}, {os.cpu_count()} CPUs; -> {result_path}"
-    )
-    try:
-        work_dir.rmdir()
-    except OSError:
-        pass
+    print(harness.baseline_summary(baseline, result_path))
+    harness.remove_if_empty(work_dir)
     return report
 
 

@@ -45,31 +45,15 @@ The tables go to stdout and, with all repeat timings, to `<out>/masking_throughp
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for _harness
-from _harness import (  # noqa: E402
-    atomic_write_json,
-    ensure_genome,
-    format_columns,
-    format_table,
-    genome_path,
-    peak_rss_mib,
-    proc_status_mib,
-    run_stage,
-    spawn_stage,
-    stage_generate,
-    timed,
-)
+import _harness as harness  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULT_NAME = "masking_throughput.json"
 PIECE_NT = 511  # a full GeneMask piece: 506 6-mers, [CLS] + 506 + [SEP] = 512 positions
 K = 6
@@ -81,14 +65,6 @@ EXPECTED_FRACTION = {"dnabert": 0.139, "genemask": 0.153, "global": 0.121}
 GOAL_SPEEDUP = 50.0
 GOAL_TOKENS_PER_S = 20e6
 GOAL_STRATEGIES = ("genemask", "global")
-THREAD_VARS = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "BLIS_NUM_THREADS",
-)
 QUICK = {
     "genome_mbp": 2.0,
     "mask_batches": 2,
@@ -297,11 +273,6 @@ def _import_common() -> None:
     import bsm_ray.tokenizers.kmer  # noqa: F401
 
 
-def _pinning() -> dict:
-    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"cpu_affinity": affinity, **{v: os.environ.get(v) for v in THREAD_VARS}}
-
-
 def _sample_rank_table():
     """The real NPMI rank table of the sample corpus (min_count 20); (table, details)."""
     from bsm_ray.data.pmi import KmerCounter, count_fasta, npmi_from_counts, rank_kmers, rank_table
@@ -370,7 +341,7 @@ def _looped(strategy: str, rank_table):
 
 
 def stage_baseline(s: dict) -> dict:
-    return {"amount": None, "unit": None, "times": [], "extra": _pinning()}
+    return {"amount": None, "unit": None, "times": [], "extra": harness.cpu_pinning()}
 
 
 def stage_masking(s: dict) -> dict:
@@ -390,7 +361,7 @@ def stage_masking(s: dict) -> dict:
     loop_tokens = int(eligible_positions(loop_ids, loop_att).sum())
     edge_ids, edge_att = _edge_rows(s["input_seed"] + 7, loop_rows)
     edge_sid = np.arange(10**9, 10**9 + loop_rows, dtype=np.int64)
-    setup_rss = proc_status_mib("VmRSS")
+    setup_rss = harness.proc_status_mib("VmRSS")
 
     results = {}
     for strategy in STRATEGIES:
@@ -407,8 +378,8 @@ def stage_masking(s: dict) -> dict:
         t0 = time.perf_counter()  # compiles the kernel, or loads it from numba's disk cache
         vec(loop_ids[:1], loop_att[:1], loop_sid[:1])
         first_call_s = time.perf_counter() - t0
-        vec_times, big = timed(run_vec, s["repeats"], s["warmup"])
-        loop_times, (loop_ids_out, loop_labels) = timed(
+        vec_times, big = harness.timed(run_vec, s["repeats"], s["warmup"])
+        loop_times, (loop_ids_out, loop_labels) = harness.timed(
             lambda loop=loop: loop(loop_ids, loop_att, loop_sid), s["repeats"], s["warmup"]
         )
         # Correctness: the loop against the library on the same rows, and the library's rows
@@ -466,7 +437,7 @@ def stage_masking(s: dict) -> dict:
             "rank_table": table_info,
             "rss_after_setup_mib": setup_rss,
             "tokens_per_row": PIECE_NT - K + 1,
-            **_pinning(),
+            **harness.cpu_pinning(),
         },
     }
 
@@ -501,7 +472,7 @@ def stage_mask_fraction(s: dict) -> dict:
             }
             for st in STRATEGIES
         },
-        "extra": {"rank_table": table_info, **_pinning()},
+        "extra": {"rank_table": table_info, **harness.cpu_pinning()},
     }
 
 
@@ -509,14 +480,14 @@ def stage_count_kmers(s: dict) -> dict:
     from bsm_ray.data.pmi import count_fasta
 
     path = s["genome_path"]
-    times, counter = timed(lambda: count_fasta(path, max_k=K), s["repeats"], s["warmup"])
+    times, counter = harness.timed(lambda: count_fasta(path, max_k=K), s["repeats"], s["warmup"])
     windows = {k: counter.windows(k) for k in range(1, K + 1)}
     return {
         "amount": s["genome_bp"],
         "unit": "bp",
         "times": times,
         "notes": f"k=1..{K}; {windows[K] / 1e6:,.1f} M {K}-mer windows counted",
-        "extra": {"windows": windows, **_pinning()},
+        "extra": {"windows": windows, **harness.cpu_pinning()},
     }
 
 
@@ -537,7 +508,7 @@ def stage_build_pmi(s: dict) -> dict:
         )
 
     try:
-        times, result = timed(run, s["repeats"], s["warmup"])
+        times, result = harness.timed(run, s["repeats"], s["warmup"])
         table_bytes = output.stat().st_size
     finally:
         output.unlink(missing_ok=True)
@@ -552,29 +523,19 @@ def stage_build_pmi(s: dict) -> dict:
             "used_ray": result.parallel,
             "table_bytes": table_bytes,
             "top": result.top,
-            **_pinning(),
+            **harness.cpu_pinning(),
         },
     }
 
 
 STAGE_FUNCTIONS = {
-    "generate": stage_generate,
+    "generate": harness.stage_generate,
     "baseline": stage_baseline,
     "masking": stage_masking,
     "mask_fraction": stage_mask_fraction,
     "count_kmers": stage_count_kmers,
     "build_pmi": stage_build_pmi,
 }
-
-
-def run_stage_here(name: str, settings: dict, result_path: str) -> None:
-    """Body of a stage subprocess: pin to one core, then import, measure, write the result."""
-    cpu = settings.get("cpu")
-    if cpu is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
-    for var in THREAD_VARS:  # already set by the driver; kept for a stage run by hand
-        os.environ.setdefault(var, "1")
-    run_stage(STAGE_FUNCTIONS, _import_common, name, settings, result_path)
 
 
 # --- the driver (standard library only) ---------------------------------------------------------
@@ -608,7 +569,7 @@ def format_masking(strategies: dict) -> str:
     first = ", ".join(
         f"{st} {strategies[st]['library']['first_call_s']:.2f} s" for st in STRATEGIES
     )
-    table = format_columns(header, lines, right={2, 3, 4, 5, 6})
+    table = harness.format_columns(header, lines, right={2, 3, 4, 5, 6})
     return f"{table}\nfirst call of each kernel (compile, or load from numba's cache): {first}"
 
 
@@ -625,7 +586,7 @@ def format_fractions(fractions: dict) -> str:
         ]
         for st, f in ((st, fractions[st]) for st in STRATEGIES)
     ]
-    return format_columns(header, lines, right={1, 2, 3, 4, 5})
+    return harness.format_columns(header, lines, right={1, 2, 3, 4, 5})
 
 
 def _goals(strategies: dict) -> dict:
@@ -649,10 +610,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"genome size in Mbp for the counting rows; default {DEFAULTS['genome_mbp']:g} "
         f"({QUICK['genome_mbp']:g} with --quick)",
     )
-    p.add_argument(
-        "--out",
-        default=str(REPO_ROOT / "bench" / "out"),
-        help="folder for the genome (shared with ingest_throughput.py) and the JSON result",
+    harness.add_out_arg(
+        p, "folder for the genome (shared with ingest_throughput.py) and the JSON result"
     )
     p.add_argument("--seed", type=int, default=0, help="genome seed (and random-row seed)")
     p.add_argument("--batch", type=int, default=1024, help="rows per library masking batch")
@@ -683,24 +642,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="core every stage is pinned to (default: the lowest this process may use)",
     )
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
-    p.add_argument(
-        "--stages",
-        default=",".join(STAGE_NAMES),
-        help=f"comma-separated subset of: {', '.join(STAGE_NAMES)}",
+    harness.add_stage_run_args(
+        p,
+        STAGE_NAMES,
+        repeats_help="timed runs per measurement (median)",
+        quick_help="small smoke run (a few seconds)",
     )
-    p.add_argument("--quick", action="store_true", help="small smoke run (a few seconds)")
-    p.add_argument("--regenerate", action="store_true", help="rewrite the genome even if present")
-    # Hidden: the driver runs every stage as `--stage NAME` in a fresh subprocess.
-    p.add_argument("--stage", choices=sorted(STAGE_FUNCTIONS), help=argparse.SUPPRESS)
-    p.add_argument("--stage-settings", help=argparse.SUPPRESS)
-    p.add_argument("--stage-result", help=argparse.SUPPRESS)
+    harness.add_hidden_stage_args(p, STAGE_FUNCTIONS)
     args = p.parse_args(argv)
-    sizes = QUICK if args.quick else DEFAULTS
-    for key, value in sizes.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    harness.fill_defaults(args, QUICK, DEFAULTS)
     if args.genome_mbp <= 0:
         p.error("--genome-mbp must be positive")
     if min(args.batch, args.mask_batches, args.loop_rows, args.fraction_rows) < 1:
@@ -709,26 +659,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--loop-rows must be <= --batch (the loop's rows are the first batch's first)")
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats >= 1 and --warmup >= 0 are required")
-    unknown = set(args.stages.split(",")) - set(STAGE_NAMES)
-    if unknown:
-        p.error(f"unknown stage(s) {', '.join(sorted(unknown))}; known: {', '.join(STAGE_NAMES)}")
+    harness.check_stages(p, args.stages, STAGE_NAMES)
     if args.cpu is None:
-        args.cpu = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        args.cpu = harness.default_cpu()
     return args
+
+
+def print_masking(strategies: dict, goals: dict, identical: dict, rank_table: dict) -> None:
+    """The masking table, the loop-vs-library check per strategy and the goals."""
+    print()
+    print(
+        f"masking throughput on one core: rows of {PIECE_NT - K + 1} random-DNA {K}-mer "
+        f"tokens ({PIECE_NT} nt, {PIECE_NT + 1} positions); tokens/s = real k-mer tokens; "
+        f"rank table: sample corpus NPMI, {rank_table['kmers_ranked']:,d} {K}-mers ranked "
+        f"(min_count {rank_table['min_count']})"
+    )
+    print(format_masking(strategies))
+    for st in STRATEGIES:
+        s = strategies[st]
+        detail = ", ".join(
+            f"{what} {'same' if s[key] else 'DIFFERENT'}"
+            for what, key in (
+                ("masked positions", "same_masked_positions"),
+                ("labels", "same_labels"),
+                ("input ids", "same_input_ids"),
+                ("vs. full batch", "library_independent_of_batch"),
+                (f"{s['checked_rows']} varied-length rows", "edge_rows_same"),
+            )
+        )
+        print(
+            f"{st:<8}  identical: {identical[st]}  (loop vs bsm_ray on the "
+            f"{s['checked_rows']} measured rows, {s['masked_in_checked_rows']:,d} masked: "
+            f"{detail})"
+        )
+    for st in GOAL_STRATEGIES:
+        s, g = strategies[st], goals[st]
+        print(
+            f"goal {st:<8}  >= {GOAL_SPEEDUP:g}x loop: {'yes' if g['speedup_met'] else 'no'} "
+            f"({s['speedup']:,.0f}x); >= {GOAL_TOKENS_PER_S / 1e6:g}M tokens/s on one core: "
+            f"{'yes' if g['tokens_per_s_met'] else 'no'} "
+            f"({s['library']['tokens_per_s'] / 1e6:,.1f}M) -> "
+            f"{'met' if g['met'] else 'NOT met'}"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.stage:
-        run_stage_here(args.stage, json.loads(args.stage_settings), args.stage_result)
+    if harness.run_stage_from_args(args, STAGE_FUNCTIONS, _import_common, pin_cpu=True):
         return {}
 
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    work_dir = out / ".stages-masking"
-    work_dir.mkdir(exist_ok=True)
+    out, work_dir = harness.make_out_dirs(args.out, ".stages-masking")
     genome_bp = int(round(args.genome_mbp * 1e6))
-    path = genome_path(out, genome_bp, args.seed, 1, False)
+    path = harness.genome_path(out, genome_bp, args.seed, 1, False)
     settings = {
         "genome_path": str(path),
         "genome_bp": genome_bp,
@@ -744,23 +726,20 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu": args.cpu,
         "work_dir": str(work_dir),
     }
-    thread_env = {var: "1" for var in THREAD_VARS}
     started = time.time()
-    wanted = [name for name in STAGE_NAMES if name in args.stages.split(",")]
-    if "baseline" not in wanted:
-        wanted.insert(0, "baseline")  # every row is shown against it
+    wanted = harness.wanted_stages(args.stages, STAGE_NAMES)
     genome = None
     if {"count_kmers", "build_pmi"} & set(wanted):
-        genome = ensure_genome(__file__, settings, work_dir, gzip=False, regenerate=args.regenerate)
-    results = {}
-    for name in wanted:
-        print(f"... {name}", file=sys.stderr, flush=True)
-        results[name] = spawn_stage(__file__, name, settings, work_dir, env=thread_env)
+        genome = harness.ensure_genome(
+            __file__, settings, work_dir, gzip=False, regenerate=args.regenerate
+        )
+    # Every stage on one core (`--cpu`) with one thread per pool.
+    results = harness.run_stages(__file__, wanted, settings, work_dir, env=harness.thread_env(1))
     baseline = results["baseline"]["peak_rss_mib"]
     pinned = results["baseline"]["extra"].get("cpu_affinity")
     core_note = (
         f"pinned to one core (CPU {args.cpu}; sched_setaffinity {pinned}), "
-        f"{', '.join(THREAD_VARS[:3])}... = 1"
+        f"{', '.join(harness.THREAD_VARS[:3])}... = 1"
         if pinned == [args.cpu]
         else f"NOT pinned (affinity {pinned}); threads env = 1"
     )
@@ -776,48 +755,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"every stage in its own subprocess, {core_note}; median of {args.repeats} after "
         f"{args.warmup} warm-up"
     )
-
+    # The correctness check: "yes" per strategy where the loop and the library agree.
     identical: dict[str, str] = {}
     if "masking" in results:
         r = results["masking"]
         strategies = r["strategies"]
         goals = _goals(strategies)
         identical = {st: "yes" if strategies[st]["identical"] else "no" for st in STRATEGIES}
-        table = r["extra"]["rank_table"]
-        print()
-        print(
-            f"masking throughput on one core: rows of {PIECE_NT - K + 1} random-DNA {K}-mer "
-            f"tokens ({PIECE_NT} nt, {PIECE_NT + 1} positions); tokens/s = real k-mer tokens; "
-            f"rank table: sample corpus NPMI, {table['kmers_ranked']:,d} {K}-mers ranked "
-            f"(min_count {table['min_count']})"
-        )
-        print(format_masking(strategies))
-        for st in STRATEGIES:
-            s = strategies[st]
-            detail = ", ".join(
-                f"{what} {'same' if s[key] else 'DIFFERENT'}"
-                for what, key in (
-                    ("masked positions", "same_masked_positions"),
-                    ("labels", "same_labels"),
-                    ("input ids", "same_input_ids"),
-                    ("vs. full batch", "library_independent_of_batch"),
-                    (f"{s['checked_rows']} varied-length rows", "edge_rows_same"),
-                )
-            )
-            print(
-                f"{st:<8}  identical: {identical[st]}  (loop vs bsm_ray on the "
-                f"{s['checked_rows']} measured rows, {s['masked_in_checked_rows']:,d} masked: "
-                f"{detail})"
-            )
-        for st in GOAL_STRATEGIES:
-            s, g = strategies[st], goals[st]
-            print(
-                f"goal {st:<8}  >= {GOAL_SPEEDUP:g}x loop: {'yes' if g['speedup_met'] else 'no'} "
-                f"({s['speedup']:,.0f}x); >= {GOAL_TOKENS_PER_S / 1e6:g}M tokens/s on one core: "
-                f"{'yes' if g['tokens_per_s_met'] else 'no'} "
-                f"({s['library']['tokens_per_s'] / 1e6:,.1f}M) -> "
-                f"{'met' if g['met'] else 'NOT met'}"
-            )
+        print_masking(strategies, goals, identical, r["extra"]["rank_table"])
         report["masking"] = {"strategies": strategies, "goals": goals}
     if "mask_fraction" in results:
         fractions = results["mask_fraction"]["fractions"]
@@ -827,56 +772,24 @@ def main(argv: list[str] | None = None) -> dict:
         report["mask_fraction"] = fractions
     report["identical"] = identical
 
-    rows = []
+    notes = {
+        "masking": "rank table, inputs, 3 strategies x 2 implementations",
+        "mask_fraction": f"{args.fraction_rows:,d} rows x 3 strategies",
+    }
     labels = dict(STAGES)
-    for name in wanted:
-        r = results[name]
-        times = r.get("times") or []
-        notes = r.get("notes", "")
-        if name == "baseline":
-            notes = "fresh interpreter + imports"
-        elif name == "masking":
-            notes = "rank table, inputs, 3 strategies x 2 implementations"
-        elif name == "mask_fraction":
-            notes = f"{args.fraction_rows:,d} rows x 3 strategies"
-        row = {
-            "stage": name,
-            "label": labels[name],
-            "amount": r.get("amount"),
-            "unit": r.get("unit"),
-            "seconds": statistics.median(times) if times else None,
-            "times": times,
-            "peak_rss_mib": r["peak_rss_mib"],
-            "vm_hwm_mib": r.get("vm_hwm_mib"),
-            "over_baseline_mib": None if name == "baseline" else r["peak_rss_mib"] - baseline,
-            "rss_after_import_mib": r.get("rss_after_import_mib"),
-            "import_seconds": r.get("import_seconds"),
-            "subprocess_wall_seconds": r.get("subprocess_wall_seconds"),
-            "notes": notes,
-            "extra": r.get("extra", {}),
-        }
-        if row["seconds"] and row["amount"] is not None:
-            row["throughput_per_s"] = row["amount"] / row["seconds"]
-            row["throughput_unit"] = "bp/s" if row["unit"] == "bp" else "tokens/s"
-        rows.append(row)
-        report["stages"][name] = row
+    rows = [
+        harness.stage_row(name, labels[name], r, baseline, notes.get(name))
+        for name, r in results.items()
+    ]
+    report["stages"] = {row["stage"]: row for row in rows}
     if genome is not None:
         report["genome"] = {"path": str(path), **genome}
-
-    import importlib.metadata as md
-
-    report["machine"] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "numpy": md.version("numpy"),
-        "pyarrow": md.version("pyarrow"),
-    }
+    report["machine"] = harness.machine_info(("numpy", "pyarrow"))
     report["baseline_rss_mib"] = baseline
-    report["driver_peak_rss_mib"] = peak_rss_mib()
+    report["driver_peak_rss_mib"] = harness.peak_rss_mib()
     report["wall_seconds"] = time.time() - started
     result_path = out / RESULT_NAME
-    atomic_write_json(result_path, report)
+    harness.atomic_write_json(result_path, report)
 
     print()
     if genome is not None:
@@ -885,15 +798,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"seed {args.seed}{', reused' if genome['reused'] else ''}); "
             "peak RSS = ru_maxrss of each stage's own subprocess"
         )
-    print(format_table(rows))
-    print(
-        f"baseline (imports only) {baseline:,.1f} MiB; python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs; -> {result_path}"
-    )
-    try:
-        work_dir.rmdir()
-    except OSError:
-        pass
+    print(harness.format_table(rows))
+    print(harness.baseline_summary(baseline, result_path))
+    harness.remove_if_empty(work_dir)
     different = [st for st, same in identical.items() if same != "yes"]
     if different:
         print(

@@ -86,7 +86,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -96,29 +95,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for _harness
-from _harness import (  # noqa: E402
-    atomic_write_json,
-    format_columns,
-    peak_rss_mib,
-    run_stage,
-    spawn_stage,
-)
+import _harness as harness  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULT_NAME = "train_throughput.json"
 GOAL_RATIO = 0.9
 MIX = {"single_protein": 1.0, "refseq_pair": 1.0, "web": 1.0}
 SAMPLE_GENOME_BP = 60_000
 RAY_NUM_CPUS = 4
 RAY_RUN_NAME = "ray_one_worker"
-THREAD_VARS = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "BLIS_NUM_THREADS",
-)
 DEFAULTS = {
     "model": "bsm-tiny",
     "seq_len": 256,
@@ -454,7 +438,7 @@ class _MetricsWatcher(threading.Thread):
 def stage_ray(s: dict) -> dict:
     # Ray decides the worker's threads from cpus_per_worker (as in a real job): no inherited
     # thread variables in the environment the local Ray instance (and so the worker) starts with.
-    for var in THREAD_VARS:
+    for var in harness.THREAD_VARS:
         os.environ.pop(var, None)
     if s.get("health_check_interval") is not None:  # read by the Train controller (propagated)
         os.environ[HEALTH_CHECK_VAR] = str(s["health_check_interval"])
@@ -588,10 +572,6 @@ def stage_ray(s: dict) -> dict:
 STAGE_FUNCTIONS = {"prepare": stage_prepare, "plain": stage_plain, "ray": stage_ray}
 
 
-def _import_nothing() -> None:
-    """The stages time their own imports (part of the time to the first step)."""
-
-
 # --- the driver (standard library only) ---------------------------------------------------------
 
 
@@ -600,11 +580,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Training tokens/s and time to the first step: Ray Train + DeepSpeed "
         "(1 worker) against a plain PyTorch loop, same model, batch and threads."
     )
-    p.add_argument(
-        "--out",
-        default=str(REPO_ROOT / "bench" / "out"),
-        help="folder for the dataset, the scratch runs and the JSON result",
-    )
+    harness.add_out_arg(p, "folder for the dataset, the scratch runs and the JSON result")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -660,15 +636,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the Ray run folder (metrics.jsonl, checkpoint) under <out>",
     )
-    # Hidden: the driver runs every stage as `--stage NAME` in a fresh subprocess.
-    p.add_argument("--stage", choices=sorted(STAGE_FUNCTIONS), help=argparse.SUPPRESS)
-    p.add_argument("--stage-settings", help=argparse.SUPPRESS)
-    p.add_argument("--stage-result", help=argparse.SUPPRESS)
+    harness.add_hidden_stage_args(p, STAGE_FUNCTIONS)
     args = p.parse_args(argv)
-    base = QUICK if args.quick else DEFAULTS
-    for key, value in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    harness.fill_defaults(args, QUICK, DEFAULTS)
     if min(args.seq_len - 1, args.micro_batch_rows, args.accum, args.steps, args.threads) < 1:
         p.error("--seq-len >= 2 and --micro-batch-rows, --accum, --steps, --threads >= 1")
     if args.warmup_steps < 1:
@@ -680,56 +650,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _fmt(value, spec: str, unit: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{unit}"
-
-
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    if args.stage:
-        run_stage(STAGE_FUNCTIONS, _import_nothing, args.stage,
-                  json.loads(args.stage_settings), args.stage_result)  # fmt: skip
-        return {}
-
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    work_dir = out / ".stages"
-    work_dir.mkdir(exist_ok=True)
-    settings = {
-        "model": args.model,
-        "seq_len": args.seq_len,
-        "micro_batch_rows": args.micro_batch_rows,
-        "accum": args.accum,
-        "warmup_steps": args.warmup_steps,
-        "steps": args.steps,
-        "max_steps": args.warmup_steps + args.steps,
-        "threads": args.threads,
-        "zero_stage": args.zero_stage,
-        "val_rows": args.val_rows,
-        "health_check_interval": args.ray_health_check_interval,
-        "dataset": str(out / "dataset"),
-        "storage": str(out / ".train_runs"),
-        "quick": bool(args.quick),
-    }
-    started = time.time()
-    threads_env = {var: str(args.threads) for var in THREAD_VARS}
-    results = {}
-    for name in ("prepare", "plain", "ray"):
-        print(f"... {name}", file=sys.stderr, flush=True)
-        stage_settings = dict(settings)
-        if name == "ray":  # same rows in the same order: the plain loop's per-step token counts
-            stage_settings["tokens_by_step"] = {
-                str(p["step"]): p["tokens"] for p in results["plain"]["per_step"]
-            }
-        env = threads_env if name != "ray" else None
-        results[name] = spawn_stage(__file__, name, stage_settings, work_dir, env=env)
-    if not args.keep_runs:
-        shutil.rmtree(settings["storage"], ignore_errors=True)
-    try:
-        work_dir.rmdir()
-    except OSError:
-        pass
-
+def build_report(args: argparse.Namespace, settings: dict, results: dict, started: float) -> dict:
+    """The JSON report: settings, machine, both paths' figures and their ratios."""
     plain, ray_r = results["plain"], results["ray"]
     ratio = ray_r["tokens_per_s"]["median"] / plain["tokens_per_s"]["median"]
 
@@ -737,37 +659,20 @@ def main(argv: list[str] | None = None) -> dict:
         a, b = ray_r.get(key), plain.get(key)
         return a / b if a and b else None
 
-    wall_ratio = path_ratio("wall_tokens_per_s")
-    cpu_ratio = path_ratio("tokens_per_cpu_s")
-    met = ratio >= GOAL_RATIO
-    step_tokens = args.seq_len * args.micro_batch_rows * args.accum
     w, n = args.warmup_steps, args.steps
-    import importlib.metadata as md
-
-    versions = {}
-    for dist in ("torch", "deepspeed", "ray", "transformers", "numpy"):
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            versions[dist] = None
-    report = {
+    return {
         "benchmark": "train_throughput",
         "created_unix": started,
         "wall_seconds": time.time() - started,
         "settings": {
             **settings,
-            "global_batch_tokens": step_tokens,
+            "global_batch_tokens": args.seq_len * args.micro_batch_rows * args.accum,
             "mix": MIX,
             "sample_synthetic_genome_bp": SAMPLE_GENOME_BP,
             "ray_num_cpus": RAY_NUM_CPUS,
             "measured_steps": f"{w + 1}..{w + n}",
         },
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            **versions,
-        },
+        "machine": harness.machine_info(("torch", "deepspeed", "ray", "transformers", "numpy")),
         "method": "tokens/s = median over the steps after warm-up of (attention-mask tokens of "
         "the step) / (wall time of the whole step incl. batch building): the loop's "
         "train/tokens_per_s from metrics.jsonl for Ray, the same timer in the plain loop; "
@@ -780,20 +685,26 @@ def main(argv: list[str] | None = None) -> dict:
         "plain": plain,
         "ray": ray_r,
         "ratio": ratio,
-        "wall_ratio": wall_ratio,
-        "tokens_per_cpu_s_ratio": cpu_ratio,
+        "wall_ratio": path_ratio("wall_tokens_per_s"),
+        "tokens_per_cpu_s_ratio": path_ratio("tokens_per_cpu_s"),
         "goal_ratio": GOAL_RATIO,
-        "goal_met": met,
-        "driver_peak_rss_mib": peak_rss_mib(),
+        "goal_met": ratio >= GOAL_RATIO,
+        "driver_peak_rss_mib": harness.peak_rss_mib(),
     }
-    result_path = out / RESULT_NAME
-    atomic_write_json(result_path, report)
 
+
+def print_throughput(report: dict, args: argparse.Namespace) -> None:
+    """What was compared, the tokens/s table of both paths and their ratios."""
+    fmt = harness.fmt_or_dash  # "-" for a figure a path does not have
+    plain, ray_r, settings = report["plain"], report["ray"], report["settings"]
+    ratio = report["ratio"]
+    wall_ratio, cpu_ratio = report["wall_ratio"], report["tokens_per_cpu_s_ratio"]
+    w, n = args.warmup_steps, args.steps
     params = plain["num_parameters"]
     print(
         f"model: {args.model} ({params:,d} parameters), causal LM, fp32 on CPU; batch: seq_len "
         f"{args.seq_len} x {args.micro_batch_rows} rows x {args.accum} accumulation = "
-        f"{step_tokens:,d} token positions per optimizer step"
+        f"{settings['global_batch_tokens']:,d} token positions per optimizer step"
     )
     print(
         "same in both: preset and seed, rows and their order (MixturePlan over causal_windows "
@@ -811,28 +722,28 @@ def main(argv: list[str] | None = None) -> dict:
     lines = [
         [
             label,
-            _fmt(r["tokens_per_s"]["median"], ",.0f"),
-            _fmt((r.get("step_seconds") or {}).get("median"), ".3f"),
-            _fmt(r.get("wall_tokens_per_s"), ",.0f"),
-            _fmt(r.get("tokens_per_cpu_s"), ",.0f"),
-            _fmt(None if r.get("steal_fraction") is None else 100 * r["steal_fraction"], ".1f",
-                 " %"),
+            fmt(r["tokens_per_s"]["median"], ",.0f"),
+            fmt((r.get("step_seconds") or {}).get("median"), ".3f"),
+            fmt(r.get("wall_tokens_per_s"), ",.0f"),
+            fmt(r.get("tokens_per_cpu_s"), ",.0f"),
+            fmt(None if r.get("steal_fraction") is None else 100 * r["steal_fraction"], ".1f",
+                " %"),
         ]
         for label, r in (
             ("plain PyTorch loop (1 process)", plain),
             (f"Ray Train + DeepSpeed ZeRO-{args.zero_stage} (1 worker)", ray_r),
         )
     ]  # fmt: skip
-    print(format_columns(header, lines, right={1, 2, 3, 4, 5}))
+    print(harness.format_columns(header, lines, right={1, 2, 3, 4, 5}))
     print(
         f"ratio Ray+DeepSpeed / plain (median step tokens/s): {ratio:.3f} -> goal >= "
-        f"{GOAL_RATIO}: {'met' if met else 'NOT met'}"
+        f"{GOAL_RATIO}: {'met' if report['goal_met'] else 'NOT met'}"
     )
     print(
-        f"  other ratios: wall-clock {_fmt(wall_ratio, '.3f')}, per CPU second "
-        f"{_fmt(cpu_ratio, '.3f')}; CPU s per step s: plain "
-        f"{_fmt(plain.get('cpu_s_per_step_s'), '.2f')} (<= {args.threads} with {args.threads} "
-        f"thread(s)), Ray {_fmt(ray_r.get('cpu_s_per_step_s'), '.2f')} (with the worker's CPU "
+        f"  other ratios: wall-clock {fmt(wall_ratio, '.3f')}, per CPU second "
+        f"{fmt(cpu_ratio, '.3f')}; CPU s per step s: plain "
+        f"{fmt(plain.get('cpu_s_per_step_s'), '.2f')} (<= {args.threads} with {args.threads} "
+        f"thread(s)), Ray {fmt(ray_r.get('cpu_s_per_step_s'), '.2f')} (with the worker's CPU "
         "between steps)"
     )
     gap = ray_r.get("step_line_interval_s")
@@ -850,23 +761,27 @@ def main(argv: list[str] | None = None) -> dict:
             "  CPU steal above 5 % in a window: the hypervisor gave this machine's CPUs to "
             "others, which slows the steps it hits; the per-CPU-second ratio is less affected"
         )
-    print()
+
+
+def print_first_step(plain: dict, ray_r: dict) -> None:
+    """The time to the first optimizer step of both paths, and whether DeepSpeed was warm."""
+    fmt = harness.fmt_or_dash  # "-" for a figure a path does not have
     b = plain["breakdown_s"]
     header = ("time to the first optimizer step", "seconds", "measured from")
     lines = [
-        ["plain PyTorch loop", _fmt(plain["time_to_first_step_s"], ".2f"),
+        ["plain PyTorch loop", fmt(plain["time_to_first_step_s"], ".2f"),
          f"stage process start (imports {b['imports']:.2f} s, windows {b['windows']:.2f} s, "
          f"model + optimizer {b['model_and_optimizer']:.2f} s, step 1 {b['first_step']:.2f} s)"],
-        ["Ray: ray.init", _fmt(ray_r["ray_init_s"], ".2f"),
+        ["Ray: ray.init", fmt(ray_r["ray_init_s"], ".2f"),
          f"its call (local instance, {RAY_NUM_CPUS} CPUs; not in the rows below but the last)"],
-        ["Ray: launch() -> step 0 line", _fmt(ray_r["launch_to_step0_s"], ".2f"),
+        ["Ray: launch() -> step 0 line", fmt(ray_r["launch_to_step0_s"], ".2f"),
          "launch() call (step 0 = the initial evaluation's report)"],
-        ["Ray: launch() -> step 1 line", _fmt(ray_r["time_to_first_step_s"], ".2f"),
+        ["Ray: launch() -> step 1 line", fmt(ray_r["time_to_first_step_s"], ".2f"),
          "launch() call (ray.init excluded)"],
-        ["Ray: process start -> step 1 line", _fmt(ray_r["process_start_to_step1_s"], ".2f"),
+        ["Ray: process start -> step 1 line", fmt(ray_r["process_start_to_step1_s"], ".2f"),
          "stage process start (imports, ray.init and launch)"],
     ]  # fmt: skip
-    print(format_columns(header, lines, right={1}))
+    print(harness.format_columns(header, lines, right={1}))
     compiled = ray_r["deepspeed_ops_compiled_during_run"]
     if ray_r["deepspeed_warm"]:
         ds_note = (
@@ -884,6 +799,50 @@ def main(argv: list[str] | None = None) -> dict:
         "(~90 s, cached in ~/.cache/torch_extensions), which a cold run's launch() -> step "
         "figures include"
     )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    # No common imports: the stages time their own (part of the time to the first step).
+    if harness.run_stage_from_args(args, STAGE_FUNCTIONS):
+        return {}
+
+    out, work_dir = harness.make_out_dirs(args.out, ".stages")
+    settings = {
+        "model": args.model,
+        "seq_len": args.seq_len,
+        "micro_batch_rows": args.micro_batch_rows,
+        "accum": args.accum,
+        "warmup_steps": args.warmup_steps,
+        "steps": args.steps,
+        "max_steps": args.warmup_steps + args.steps,
+        "threads": args.threads,
+        "zero_stage": args.zero_stage,
+        "val_rows": args.val_rows,
+        "health_check_interval": args.ray_health_check_interval,
+        "dataset": str(out / "dataset"),
+        "storage": str(out / ".train_runs"),
+        "quick": bool(args.quick),
+    }
+    started = time.time()
+    results = harness.run_stages(
+        __file__, ("prepare", "plain"), settings, work_dir, env=harness.thread_env(args.threads)
+    )
+    # Same rows in the same order: the Ray stage gets the plain loop's per-step token counts.
+    # Its environment sets no thread variables: Ray sizes the worker's from cpus_per_worker.
+    tokens_by_step = {str(p["step"]): p["tokens"] for p in results["plain"]["per_step"]}
+    ray_settings = {**settings, "tokens_by_step": tokens_by_step}
+    results |= harness.run_stages(__file__, ("ray",), ray_settings, work_dir)
+    if not args.keep_runs:
+        shutil.rmtree(settings["storage"], ignore_errors=True)
+    harness.remove_if_empty(work_dir)
+
+    report = build_report(args, settings, results, started)
+    result_path = out / RESULT_NAME
+    harness.atomic_write_json(result_path, report)
+    print_throughput(report, args)
+    print()
+    print_first_step(report["plain"], report["ray"])
     print(f"-> {result_path}")
     return report
 
