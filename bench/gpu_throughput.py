@@ -153,8 +153,9 @@ def run_variant(preset_name: str, settings: dict, args, device, peak: float) -> 
     from bsm_ray.models import count_parameters, get_preset
     from bsm_ray.models.presets import flops_per_token
     from bsm_ray.tracking.config import TrackingConfig
+    from bsm_ray.train.batches import num_targets, to_device
     from bsm_ray.train.config import TrainConfig
-    from bsm_ray.train.loop import build_engine, num_targets, optimizer_step, to_device
+    from bsm_ray.train.loop import build_engine, optimizer_step
 
     preset = get_preset(preset_name)
     seq_len = PAPER_CONTEXT[preset_name]

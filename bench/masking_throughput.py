@@ -151,11 +151,11 @@ def _loop_replace(rows, masked_rows, seed, sample_ids, step, vocab_size):
     """80% [MASK], 10% random k-mer id, 10% unchanged; labels -100 where not masked."""
     import numpy as np
 
-    from bsm_ray.data.masking import _S_RANDOM_ID, _S_REPLACE, IGNORE_INDEX, uniforms
+    from bsm_ray.data.masking import IGNORE_INDEX, STREAM_RANDOM_ID, STREAM_REPLACE, uniforms
     from bsm_ray.tokenizers.kmer import MASK_ID, NUM_SPECIAL
 
     length = len(rows[0]) if rows else 0
-    u = uniforms(seed, sample_ids, step, _S_REPLACE, length).tolist()
+    u = uniforms(seed, sample_ids, step, STREAM_REPLACE, length).tolist()
     r = None
     out_ids, out_labels = [], []
     for b, row in enumerate(rows):
@@ -171,7 +171,7 @@ def _loop_replace(rows, masked_rows, seed, sample_ids, step, vocab_size):
                 ids[j] = MASK_ID
             elif x < 0.9:
                 if r is None:
-                    r = uniforms(seed, sample_ids, step, _S_RANDOM_ID, length).tolist()
+                    r = uniforms(seed, sample_ids, step, STREAM_RANDOM_ID, length).tolist()
                 ids[j] = NUM_SPECIAL + int(r[b][j] * (vocab_size - NUM_SPECIAL))
         out_ids.append(ids)
         out_labels.append(labels)
@@ -180,12 +180,12 @@ def _loop_replace(rows, masked_rows, seed, sample_ids, step, vocab_size):
 
 def loop_dnabert(input_ids, attention_mask, seed, sample_ids, step, p=None, vocab_size=4101):
     """DNABERT: centres ~ Bernoulli(p) over eligible positions, each masks c-2..c+3."""
-    from bsm_ray.data.masking import _S_CENTRE, DNABERT_P, uniforms
+    from bsm_ray.data.masking import DNABERT_P, STREAM_CENTRE, uniforms
 
     p = DNABERT_P if p is None else p
     rows, eligible, bounds = _loop_prepare(input_ids, attention_mask)
     length = input_ids.shape[1]
-    u = uniforms(seed, sample_ids, step, _S_CENTRE, length).tolist()
+    u = uniforms(seed, sample_ids, step, STREAM_CENTRE, length).tolist()
     masked_rows = []
     for b in range(len(rows)):
         flags, masked = eligible[b], [False] * length
@@ -201,13 +201,13 @@ def loop_genemask(
     """GeneMask: DNABERT centres (p=0.0176) with their 6-spans; the best-ranked k-mer in each
     centre's clipped 6-span (ties: lower position); the best half of the centres by that k-mer
     (ceil(n/2), all when n <= 8; ties: lower position) also mask its 11-span."""
-    from bsm_ray.data.masking import _S_CENTRE, GENEMASK_ALL_BELOW, GENEMASK_P, uniforms
+    from bsm_ray.data.masking import GENEMASK_ALL_BELOW, GENEMASK_P, STREAM_CENTRE, uniforms
 
     p = GENEMASK_P if p is None else p
     rank_of = rank_table.tolist()
     rows, eligible, bounds = _loop_prepare(input_ids, attention_mask)
     length = input_ids.shape[1]
-    u = uniforms(seed, sample_ids, step, _S_CENTRE, length).tolist()
+    u = uniforms(seed, sample_ids, step, STREAM_CENTRE, length).tolist()
     masked_rows = []
     for b, row in enumerate(rows):
         flags, masked = eligible[b], [False] * length
@@ -235,13 +235,13 @@ def loop_global(
 ):
     """Global: k = Bernoulli(p) successes over the eligible positions; the 11-spans of the row's
     k best-ranked positions (ties: lower position)."""
-    from bsm_ray.data.masking import _S_GLOBAL_K, GLOBAL_P, uniforms
+    from bsm_ray.data.masking import GLOBAL_P, STREAM_GLOBAL_K, uniforms
 
     p = GLOBAL_P if p is None else p
     rank_of = rank_table.tolist()
     rows, eligible, bounds = _loop_prepare(input_ids, attention_mask)
     length = input_ids.shape[1]
-    u = uniforms(seed, sample_ids, step, _S_GLOBAL_K, length).tolist()
+    u = uniforms(seed, sample_ids, step, STREAM_GLOBAL_K, length).tolist()
     masked_rows = []
     for b, row in enumerate(rows):
         flags, masked = eligible[b], [False] * length

@@ -39,6 +39,7 @@ def main(config: AnnealConfig, args) -> None:
     from bsm_ray.tune.sweep import run_sweep
 
     outcome = run_sweep(config, resume=args.resume, overwrite=args.overwrite)
+    print(outcome.report, flush=True)
     w = outcome.summary.winner
     print(f"winning mix: {', '.join(f'{s} {v:.3f}' for s, v in w.mix.items())}"
           + (f"; {config.train.masking.switch_rule} switch threshold {w.threshold:.4g} "

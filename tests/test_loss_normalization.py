@@ -80,3 +80,28 @@ def test_same_global_batch_same_loss_and_gradient_on_1_and_2_workers(kind, datas
     tokens = [[sum(split[r][step]["tokens"].values()) for r in (0, 1)]
               for step in range(1, steps + 1)]  # fmt: skip
     assert any(a != b for a, b in tokens), tokens
+
+
+def test_deepspeed_pass_through_is_merged_last_and_checked():
+    import os
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from bsm_ray.train.loop import deepspeed_config
+
+    config = TrainConfig(global_batch_tokens=8 * 256, seq_len=256, micro_batch_rows=2,
+                         deepspeed={"zero_optimization": {"overlap_comm": True,
+                                                          "reduce_bucket_size": 5e7}})  # fmt: skip
+    ds = deepspeed_config(config, world_size=2, use_bf16=False)
+    # derived keys stay, nested user keys merge into them
+    assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True, "reduce_bucket_size": 5e7}
+    assert ds["gradient_accumulation_steps"] == 2 and ds["train_micro_batch_size_per_gpu"] == 2
+    DeepSpeedConfig(ds)  # DeepSpeed accepts it
+    for bad in ({"train_micro_batch_size_per_gpu": 4}, {"zero_optimisation": {"stage": 3}}):
+        with pytest.raises(ValueError, match="unknown or derived top-level key"):
+            deepspeed_config(TrainConfig(deepspeed=bad), 1, False)
+    typo = deepspeed_config(TrainConfig(deepspeed={"zero_optimization": {"overlap_com": 1}}), 1,
+                            False)  # fmt: skip
+    with pytest.raises(Exception, match="overlap_com"):  # DeepSpeed's own validation, inside
+        DeepSpeedConfig(typo)

@@ -75,7 +75,7 @@ def _reference(strategy, ids, am, ranks, seed, sid, step):
         ks = m.global_k(eligible, seed, sid, step)
     else:
         p = m.DNABERT_P if strategy == "dnabert" else m.GENEMASK_P
-        centre_marks = m.bernoulli_arrivals(eligible, seed, sid, step, m._S_CENTRE, p)
+        centre_marks = m.bernoulli_arrivals(eligible, seed, sid, step, m.STREAM_CENTRE, p)
     out = []
     for r in range(ids.shape[0]):
         first, last = _row_bounds(ids[r], am[r])

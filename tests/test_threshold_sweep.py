@@ -43,10 +43,10 @@ def test_validation_masks_are_the_same_before_and_after_a_switch(monkeypatch):
     from bsm_ray.data.pmi import rank_table
     from bsm_ray.data.windows import TokenWindows
     from bsm_ray.tokenizers import KmerTokenizer
-    from bsm_ray.train import loop
+    from bsm_ray.train import batches, loop
 
     ranks = rank_table({"ACGTAC": 1, "GGGCCC": 2, "TTTAAA": 3})
-    monkeypatch.setattr(loop, "_load_rank_table", lambda path: ranks)
+    monkeypatch.setattr(batches, "pmi_rank_table", lambda path: ranks)
     config = TrainConfig(objective="mlm", model="bert-tiny", micro_batch_rows=4,
                          masking=MaskingConfig(strategy="cm_gems", switch_threshold=1e9),
                          data=DataConfig(val_rows_per_source=8))  # fmt: skip
@@ -54,7 +54,7 @@ def test_validation_masks_are_the_same_before_and_after_a_switch(monkeypatch):
     enc = KmerTokenizer(6).encode_batch(["".join(rng.choice(list("ACGT"), 300)) for _ in range(8)])
     windows = {"genome": TokenWindows("genome", enc["input_ids"], enc["attention_mask"],
                                       np.arange(100, 108))}
-    masker = loop._Masker(config)
+    masker = batches.Masker(config)
     ctx = SimpleNamespace(rank=0, world_size=1)
 
     def val_batches():
@@ -78,7 +78,7 @@ def test_validation_masks_are_the_same_before_and_after_a_switch(monkeypatch):
         assert torch.equal(b["input_ids"], a["input_ids"]) and torch.equal(b["labels"], a["labels"])
     # ... and they are the fixed DNABERT masks (masking.eval_strategy) at the fixed step
     ids, am = enc["input_ids"][:4], enc["attention_mask"][:4]
-    want = apply_mask("dnabert", ids, am, config.seed, np.arange(100, 104), loop.VAL_MASK_STEP,
+    want = apply_mask("dnabert", ids, am, config.seed, np.arange(100, 104), batches.VAL_MASK_STEP,
                       ranks)  # fmt: skip
     assert np.array_equal(before[0]["labels"].numpy(), want.labels)
     # the control: the curriculum's own masks did change with the switch

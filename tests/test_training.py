@@ -55,12 +55,12 @@ def _reload_val_loss(config: TrainConfig, final_model: str) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from bsm_ray.train.loop import _batch_tensors, _Masker, num_targets
+    from bsm_ray.train.batches import Masker, batch_tensors, num_targets
 
     cls = AutoModelForCausalLM if config.objective == "causal" else AutoModelForMaskedLM
     model = cls.from_pretrained(final_model).eval()
     windows = build_windows(config, "val")
-    masker = _Masker(config) if config.objective == "mlm" else None
+    masker = Masker(config) if config.objective == "mlm" else None
     total, count = 0.0, 0
     with torch.no_grad():
         for source in sorted(windows):
@@ -69,7 +69,7 @@ def _reload_val_loss(config: TrainConfig, final_model: str) -> float:
                 mine = list(range(rank, n, config.num_workers))
                 for i in range(0, len(mine), config.micro_batch_rows):
                     rows = [(source, r) for r in mine[i : i + config.micro_batch_rows]]
-                    batch = _batch_tensors(config, windows, rows, masker, 0, torch.device("cpu"))
+                    batch = batch_tensors(config, windows, rows, masker, 0, torch.device("cpu"))
                     targets = num_targets(batch, config.objective)
                     total += float(model(**batch).loss) * targets
                     count += targets

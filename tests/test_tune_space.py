@@ -8,7 +8,8 @@ import pytest
 
 from bsm_ray.config import from_dict
 from bsm_ray.errors import ConfigError
-from bsm_ray.tune.config import AnnealConfig
+from bsm_ray.tracking.config import TrackingConfig
+from bsm_ray.tune.config import AnnealConfig, SweepSpec
 from bsm_ray.tune.space import (
     THRESHOLD_KEY,
     TrialRow,
@@ -128,10 +129,9 @@ def test_trial_config_is_the_recipe_with_mix_anneal_and_base():
     config = _config(train={"model": "bsm-tiny", "seq_len": 128, "global_batch_tokens": 4096,
                             "masking": {"strategy": "cm_gems"}})  # fmt: skip
     sources = swept_sources(config)
-    spec = {"train": __import__("bsm_ray.config").config.to_dict(config.train),
-            "sources": sources, "sweep_dir": "/tmp/sweep", "steps": 1000, "eval_every": 100,
-            "base": "/models/round1", "start_lr": 1e-5, "tracking": {"enabled": False},
-            "objective": {}}  # fmt: skip
+    spec = SweepSpec(sweep_dir="/tmp/sweep", train=config.train, sources=sources, steps=1000,
+                     eval_every=100, base="/models/round1", start_lr=1e-5,
+                     tracking=TrackingConfig(enabled=False), objective={})  # fmt: skip
     params = {param_key(s): w for s, w in zip(sources, (1.0, 0.2, 0.1), strict=True)}
     params[THRESHOLD_KEY] = 0.3
     tc = trial_train_config(spec, params, "abc_00001", None)

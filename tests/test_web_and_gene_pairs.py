@@ -12,9 +12,9 @@ from bsm_ray.data.builders import (
     BuildContext,
     GenePairsConfig,
     WebConfig,
-    _partition_2_or_3,
     build_gene_pairs,
     build_web,
+    partition_2_or_3,
 )
 from bsm_ray.data.detect import DetectorConfig, detect_sequences
 from bsm_ray.data.records import Ledger
@@ -98,7 +98,7 @@ def test_partition_never_leaves_a_singleton():
     rng = np.random.default_rng(0)
     for n in range(2, 40):
         for _ in range(20):
-            sizes = _partition_2_or_3(rng, n)
+            sizes = partition_2_or_3(rng, n)
             assert sum(sizes) == n and set(sizes) <= {2, 3}
 
 

@@ -243,7 +243,7 @@ def _feature_label(feature, index: int) -> str:
     return f"cds{index}"
 
 
-def _translation_check(feature, record_seq, table: int) -> tuple[str, str | None]:
+def translation_check(feature, record_seq, table: int) -> tuple[str, str | None]:
     """(Biopython's translation of the CDS, None) or (best effort translation, problem)."""
     from Bio.Data.CodonTable import TranslationError
 
@@ -254,7 +254,7 @@ def _translation_check(feature, record_seq, table: int) -> tuple[str, str | None
         return plain, str(exc).splitlines()[0]
 
 
-def _gene_dna(feature, record_seq, flank_bp: int) -> tuple[str | None, str | None]:
+def gene_dna(feature, record_seq, flank_bp: int) -> tuple[str | None, str | None]:
     """Gene DNA: the CDS span with introns, plus flanks, in the CDS's orientation.
 
     Returns (dna, None) or (None, reason) when the CDS has no single contiguous locus
@@ -338,7 +338,7 @@ def build_refseq_pairs(
             except InputError as exc:
                 ledger.invalid(kind, exc)
                 continue
-            ours, problem = _translation_check(feature, record_seq, table)
+            ours, problem = translation_check(feature, record_seq, table)
             annotated = q.get("translation", [None])[0]
             if annotated is None:
                 if problem:
@@ -363,7 +363,7 @@ def build_refseq_pairs(
                 ledger.invalid(kind, exc)
                 continue
             members = [("rna", rna_dna.replace("T", "U")), ("protein", protein)]
-            dna, no_dna_reason = _gene_dna(feature, record_seq, config.flank_bp)
+            dna, no_dna_reason = gene_dna(feature, record_seq, config.flank_bp)
             if dna is None:
                 ledger.note(kind, no_dna_reason, where)
             else:
@@ -519,7 +519,7 @@ def build_gene_pairs(config: GenePairsConfig, ctx: BuildContext) -> Iterator[tup
             continue
         rng = item_rng(ctx.seed, kind, gene_id)
         order = rng.permutation(len(members))
-        groups = _partition_2_or_3(rng, len(members))
+        groups = partition_2_or_3(rng, len(members))
         split = ctx.split(gene_id)
         start = 0
         for g, size in enumerate(groups):
@@ -536,7 +536,7 @@ def build_gene_pairs(config: GenePairsConfig, ctx: BuildContext) -> Iterator[tup
             )
 
 
-def _partition_2_or_3(rng: np.random.Generator, n: int) -> list[int]:
+def partition_2_or_3(rng: np.random.Generator, n: int) -> list[int]:
     """Split n >= 2 items into groups of 2 or 3 (random sizes, never a group of 1)."""
     sizes = []
     remaining = n

@@ -48,21 +48,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bsm_ray.data.masking_rules import (  # noqa: F401 - the rules' constants, re-exported
+    DNABERT_P,
+    GENEMASK_ALL_BELOW,
+    GENEMASK_P,
+    GLOBAL_P,
+    GOLDEN,
+    IGNORE_INDEX,
+    KERNEL_MODES,
+    MIX_M1,
+    MIX_M2,
+    STRATEGIES,
+    STREAM_CENTRE,
+    STREAM_GLOBAL_K,
+    STREAM_RANDOM_ID,
+    STREAM_REPLACE,
+)
 from bsm_ray.tokenizers.kmer import MASK_ID, UNK_ID
-
-IGNORE_INDEX = -100
-DNABERT_P = 0.025
-GENEMASK_P = 0.0176
-GLOBAL_P = 0.0136
-GENEMASK_ALL_BELOW = 8  # with this many centres or fewer, every centre gets its 11-span
-STRATEGIES = ("dnabert", "genemask", "global")
-KERNEL_MODES = {"dnabert": 0, "genemask": 1, "global": 2}  # the kernel's `mode` argument
-
-# Random streams (one per use of randomness, so they never alias).
-_S_CENTRE, _S_REPLACE, _S_RANDOM_ID, _S_GLOBAL_K = 1, 2, 3, 4
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @dataclass
@@ -79,18 +81,18 @@ class MaskedBatch:
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finalizer (uint64 in, uint64 out), vectorized."""
     x = x ^ (x >> np.uint64(30))
-    x = x * _M1
+    x = x * MIX_M1
     x = x ^ (x >> np.uint64(27))
-    x = x * _M2
+    x = x * MIX_M2
     return x ^ (x >> np.uint64(31))
 
 
 def _row_keys(seed: int, sample_ids: np.ndarray, step: int, stream: int) -> np.ndarray:
     """One 64-bit key per row from (seed, stream, step, sample id)."""
     with np.errstate(over="ignore"):
-        key = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(stream))
-        key = _mix(key ^ np.uint64(step & 0xFFFFFFFFFFFFFFFF) * _M1)
-        return _mix(key ^ np.asarray(sample_ids, dtype=np.uint64) * _M2)
+        key = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * GOLDEN + np.uint64(stream))
+        key = _mix(key ^ np.uint64(step & 0xFFFFFFFFFFFFFFFF) * MIX_M1)
+        return _mix(key ^ np.asarray(sample_ids, dtype=np.uint64) * MIX_M2)
 
 
 def _to_unit(bits: np.ndarray) -> np.ndarray:
@@ -102,7 +104,7 @@ def uniforms(seed: int, sample_ids: np.ndarray, step: int, stream: int, length: 
     (seed, sample id, step, stream, i)."""
     keys = _row_keys(seed, sample_ids, step, stream)
     with np.errstate(over="ignore"):
-        index = np.arange(length, dtype=np.uint64) * _GOLDEN
+        index = np.arange(length, dtype=np.uint64) * GOLDEN
         return _to_unit(_mix(keys[:, None] ^ index[None, :]))
 
 
@@ -143,7 +145,7 @@ def arrival_positions(
     draws = int(p * n_max + 6 * np.sqrt(p * n_max) + 8)
     while True:
         with np.errstate(over="ignore"):
-            index = np.arange(draws, dtype=np.uint64) * _GOLDEN
+            index = np.arange(draws, dtype=np.uint64) * GOLDEN
             u = _to_unit(_mix(keys[:, None] ^ index[None, :]))
         gaps = 1 + np.floor(np.log1p(-u) / log_q).astype(np.int64)
         pos = first[:, None] - 1 + np.cumsum(gaps, axis=1)
@@ -183,7 +185,7 @@ def _mask(strategy: str, input_ids, attention_mask, rank_table, seed, sample_ids
     sample_ids = np.asarray(sample_ids, dtype=np.uint64).reshape(-1)
     if sample_ids.size != ids.shape[0]:
         raise ValueError(f"{sample_ids.size} sample ids for {ids.shape[0]} rows")
-    draw_stream = _S_GLOBAL_K if strategy == "global" else _S_CENTRE
+    draw_stream = STREAM_GLOBAL_K if strategy == "global" else STREAM_CENTRE
     table = np.zeros(1, dtype=np.int32) if rank_table is None else np.asarray(rank_table)
     if rank_table is not None and ids.size and int(ids.max()) >= table.size:
         # The kernel reads ranks unchecked; ids beyond the table are an error, not a crash.
@@ -195,8 +197,8 @@ def _mask(strategy: str, input_ids, attention_mask, rank_table, seed, sample_ids
     mask_rows(
         ids, att, table,
         _row_keys(seed, sample_ids, step, draw_stream),
-        _row_keys(seed, sample_ids, step, _S_REPLACE),
-        _row_keys(seed, sample_ids, step, _S_RANDOM_ID),
+        _row_keys(seed, sample_ids, step, STREAM_REPLACE),
+        _row_keys(seed, sample_ids, step, STREAM_RANDOM_ID),
         KERNEL_MODES[strategy], float(p), int(vocab_size), out_ids, labels, arrivals,
     )  # fmt: skip
     return MaskedBatch(out_ids, labels, strategy), arrivals
@@ -236,7 +238,7 @@ def global_k(
     eligible: np.ndarray, seed: int, sample_ids: np.ndarray, step: int, p: float = GLOBAL_P
 ) -> np.ndarray:
     """k per row: the number of Bernoulli(p) successes over the row's eligible positions."""
-    rows, _cols = arrival_positions(eligible, seed, sample_ids, step, _S_GLOBAL_K, p)
+    rows, _cols = arrival_positions(eligible, seed, sample_ids, step, STREAM_GLOBAL_K, p)
     return np.bincount(rows, minlength=eligible.shape[0])
 
 

@@ -16,13 +16,13 @@ import math
 import numpy as np
 from numba import njit
 
-from bsm_ray.data.masking import (
-    _GOLDEN,
-    _M1,
-    _M2,
+from bsm_ray.data.masking_rules import (
     GENEMASK_ALL_BELOW,
+    GOLDEN,
     IGNORE_INDEX,
     KERNEL_MODES,
+    MIX_M1,
+    MIX_M2,
 )
 from bsm_ray.tokenizers.kmer import MASK_ID, NUM_SPECIAL, UNK_ID
 
@@ -34,11 +34,11 @@ _NONE = np.int64(1) << 62  # a key above every real one (ineligible positions)
 @njit(inline="always")
 def _unit(key, i):
     """Draw i of a row's stream: splitmix64(key ^ i * golden) as a float in [0, 1)."""
-    x = key ^ (np.uint64(i) * _GOLDEN)
+    x = key ^ (np.uint64(i) * GOLDEN)
     x = x ^ (x >> np.uint64(30))
-    x = x * _M1
+    x = x * MIX_M1
     x = x ^ (x >> np.uint64(27))
-    x = x * _M2
+    x = x * MIX_M2
     x = x ^ (x >> np.uint64(31))
     return float(x >> np.uint64(11)) * _INV53
 

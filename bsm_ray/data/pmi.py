@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bsm_ray.tokenizers.kmer import _CODE, BASE_ORDER, NUM_SPECIAL
+from bsm_ray.tokenizers.kmer import BASE_CODE, BASE_ORDER, NUM_SPECIAL
 
 
 def kmer_string(code: int, k: int) -> str:
@@ -75,7 +75,7 @@ class KmerCounter:
         the same ids, shifted.
         """
         big_k = self.max_k
-        codes = _CODE[np.frombuffer(buf, dtype=np.uint8)]
+        codes = BASE_CODE[np.frombuffer(buf, dtype=np.uint8)]
         n = codes.size
         if n == 0:
             return

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bsm_ray.data.builders import _gene_dna, _translation_check, item_rng, stable_hash
+from bsm_ray.data.builders import gene_dna, item_rng, stable_hash, translation_check
 from bsm_ray.data.records import iter_genbank
 from bsm_ray.eval.metrics import accuracy, best_threshold, roc_auc
 from bsm_ray.tokenizers.char import EOS_ID, BsmCharTokenizer, format_document
@@ -87,7 +87,7 @@ def _split(seed: int, key: str, ratio: list[int]) -> str:
 
 
 def _cds_offset(feature, record_len: int, flank_bp: int) -> int:
-    """Where the CDS starts in the gene DNA `_gene_dna` returns (single-part CDS)."""
+    """Where the CDS starts in the gene DNA `gene_dna` returns (single-part CDS)."""
     loc = feature.location
     start = max(0, int(loc.start) - flank_bp)
     end = min(record_len, int(loc.end) + flank_bp)
@@ -135,12 +135,12 @@ def build_task(cfg: CentralDogmaConfig) -> tuple[list[dict], Counter]:
                     skipped["pseudo_cds"] += 1
                     continue
                 table = int(q.get("transl_table", ["1"])[0])
-                ours, problem = _translation_check(feature, seq, table)
+                ours, problem = translation_check(feature, seq, table)
                 protein = q.get("translation", [ours])[0].replace(" ", "").upper()
                 if problem or protein != ours:
                     skipped["translation_not_checked"] += 1
                     continue
-                dna, reason = _gene_dna(feature, seq, cfg.flank_bp)
+                dna, reason = gene_dna(feature, seq, cfg.flank_bp)
                 if dna is None:
                     skipped[reason] += 1
                     continue

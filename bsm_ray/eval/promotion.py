@@ -29,7 +29,10 @@ from typing import Any
 from bsm_ray.config import to_dict
 from bsm_ray.errors import ConfigError, TrackingError
 from bsm_ray.eval.perplexity import MODALITY, PerplexityConfig, evaluate_path
+from bsm_ray.log import get_logger
 from bsm_ray.tracking.config import TrackingConfig
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -169,8 +172,7 @@ def _evaluate_version(config: PromoteConfig, version: str, workdir: Path) -> dic
                            workdir / f"v{version}")  # fmt: skip
     result = evaluate_path(local, config.eval)
     for source, why in result.skipped.items():
-        print(f"[bsm_ray] {config.model_name}/{version}: {source} not evaluated ({why})",
-              flush=True)  # fmt: skip
+        logger.info(f"{config.model_name}/{version}: {source} not evaluated ({why})")  # fmt: skip
     return result.metrics
 
 
@@ -203,7 +205,7 @@ def promote(config: PromoteConfig) -> Decision:
         d = Decision(config.model_name, candidate, champion, [], False,
                      f"version {candidate} already is {config.alias}", dry_run=config.dry_run,
                      alias=config.alias)
-        print(format_decision(d), flush=True)
+        logger.info(format_decision(d))
         return d
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -213,7 +215,7 @@ def promote(config: PromoteConfig) -> Decision:
         d = Decision(config.model_name, candidate, champion, rows, ok, reason,
                      dry_run=config.dry_run, alias=config.alias)  # fmt: skip
         text = format_decision(d)
-        print(text, flush=True)
+        logger.info(text)
         if config.dry_run:
             return d
         (work / "decision.txt").write_text(text + "\n")

@@ -36,9 +36,9 @@ NUM_SPECIAL = len(SPECIAL_TOKENS)
 BASE_ORDER = "ATCG"  # DNABERT's order, not ACGT
 
 # Base code per byte: A=0 T=1 C=2 G=3, anything else 4 (invalid). uint8 keeps 1 byte per base.
-_CODE = np.full(256, 4, dtype=np.uint8)
+BASE_CODE = np.full(256, 4, dtype=np.uint8)
 for _i, _b in enumerate(BASE_ORDER):
-    _CODE[ord(_b)] = _i
+    BASE_CODE[ord(_b)] = _i
 
 
 class KmerTokenizer:
@@ -71,7 +71,7 @@ class KmerTokenizer:
         (uint8 codes and flags, int32 ids updated in place), so a chromosome fits.
         """
         k = self.k
-        codes = _CODE[np.frombuffer(buf, dtype=np.uint8)]
+        codes = BASE_CODE[np.frombuffer(buf, dtype=np.uint8)]
         n = codes.size - k + 1
         if n <= 0:
             return np.zeros(0, dtype=np.int32)

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from bsm_ray.config import flatten
+from bsm_ray.log import get_logger
 from bsm_ray.tracking.config import TrackingConfig, embedded_store, resolve_tracking_uri
+
+logger = get_logger(__name__)
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 UNSENT_FILE = "mlflow_unsent.jsonl"
@@ -204,8 +207,8 @@ class RunLogger:
         self._failures += 1
         if self._gap_start is None:
             self._gap_start = time.time()
-            print(f"[bsm_ray] MLflow at {uri} is unreachable ({type(exc).__name__}); training "
-                  f"goes on, metrics are kept and retried with backoff", flush=True)  # fmt: skip
+            logger.info(f"MLflow at {uri} is unreachable ({type(exc).__name__}); training "
+                  f"goes on, metrics are kept and retried with backoff")  # fmt: skip
         self._next_try = time.monotonic() + min(60.0, 2.0 ** min(self._failures, 6))
 
     def _recovered(self) -> None:
@@ -214,8 +217,8 @@ class RunLogger:
         gap["seconds"] = round(gap["end"] - gap["start"], 1)
         self.gaps.append(gap)
         self._gap_start, self._failures = None, 0
-        print(f"[bsm_ray] MLflow reachable again after {gap['seconds']} s; buffered metrics "
-              f"sent", flush=True)  # fmt: skip
+        logger.info(f"MLflow reachable again after {gap['seconds']} s; buffered metrics "
+              f"sent")  # fmt: skip
         import json
 
         try:
@@ -243,8 +246,8 @@ class RunLogger:
         import json
 
         if self.fallback_dir is None:
-            print(f"[bsm_ray] MLflow unreachable at the end: {len(self._buffer)} metric values "
-                  f"not logged (no local run folder to keep them)", flush=True)  # fmt: skip
+            logger.info(f"MLflow unreachable at the end: {len(self._buffer)} metric values "
+                  f"not logged (no local run folder to keep them)")  # fmt: skip
             return
         path = Path(self.fallback_dir) / UNSENT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -258,8 +261,8 @@ class RunLogger:
                 fh.write(json.dumps({"run_id": self.run_id, "tag": k, "value": v}) + "\n")
             for g in [*self.gaps, gap]:
                 fh.write(json.dumps({"run_id": self.run_id, "gap": g}) + "\n")
-        print(f"[bsm_ray] MLflow unreachable at the end: {len(self._buffer)} metric values kept "
-              f"in {path}", flush=True)  # fmt: skip
+        logger.info(f"MLflow unreachable at the end: {len(self._buffer)} metric values kept "
+              f"in {path}")  # fmt: skip
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._client.log_artifact(self.run_id, str(path), artifact_path)

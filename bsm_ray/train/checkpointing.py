@@ -25,7 +25,7 @@ STATE_TAG = "state"
 TRAINER_STATE = "trainer_state.json"
 
 
-def _safe_globals() -> list:
+def safe_globals() -> list:
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
@@ -38,7 +38,7 @@ def install_safe_loader(engine) -> None:
     import torch
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-    allowed = _safe_globals()
+    allowed = safe_globals()
 
     class SafeCheckpointEngine(TorchCheckpointEngine):
         def load(self, path: str, map_location=None):

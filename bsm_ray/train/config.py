@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from bsm_ray.tracking.config import TrackingConfig
 from bsm_ray.train.schedules import ScheduleConfig
@@ -119,6 +119,11 @@ class TrainConfig:
     NPMI table and plots, and registers the final model."""
     trace: bool = False
     """Write per-step (loss, rows consumed) and worker pids under <run>/trace/ (tests, audits)."""
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+    """DeepSpeed config merged last over the one derived from this config (nested dicts key by
+    key), e.g. {zero_optimization: {overlap_comm: true, offload_optimizer: {device: cpu}}}.
+    Top-level keys are limited to DeepSpeed's sections (`loop.DEEPSPEED_PASS_THROUGH`; the
+    batch sizes are derived); DeepSpeed validates what is inside them."""
 
     def __post_init__(self) -> None:
         self.storage_path = os.path.expanduser(self.storage_path)

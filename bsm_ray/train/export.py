@@ -90,10 +90,10 @@ def _safe_torch_load() -> Iterator[None]:
     import torch
     from deepspeed.utils import zero_to_fp32
 
-    from bsm_ray.train.checkpointing import _safe_globals
+    from bsm_ray.train.checkpointing import safe_globals
 
     real_load = torch.load
-    allowed = _safe_globals()
+    allowed = safe_globals()
 
     def safe_load(f, *args, **kwargs):
         kwargs["weights_only"] = True

@@ -1,26 +1,33 @@
 """The training loop, written once against `TrainContext` (Ray Train worker or local process).
 
-Per optimizer step (all ranks compute the same global plan, each takes its slice, so no data
-coordination is needed and a restart continues from the saved plan position):
+    Trainer(config, ctx)      setup and resume: engine, data plan, streams, curriculum state
+    trainer.train()           the loop below, top to bottom
+        batch = trainer.next_batch()           # this rank's slice of the global plan
+        metrics = trainer.train_step(batch)    # counts, forward/backward, the optimizer step
+        trainer.maybe_evaluate(metrics)        # val/* on fixed masks, then hooks (CM-GEMS)
+        trainer.maybe_checkpoint(metrics)      # hooks log, then checkpoint / report
 
-    rows = plan.take(global_rows)                    # (source, row) in mix order
-    my_rows = rows[rank * per_rank : (rank + 1) * per_rank]
-    (data.streaming: plan.take_sources(...) names the sources of my slice and this worker's
-     Ray Data streams supply the rows; bsm_ray.train.streaming)
-    for each micro-batch of my_rows:                 # gradient accumulation
-        loss = engine(batch).loss; engine.backward(loss); engine.step()
+Every rank computes the same global plan (`plan.take(global_rows)`, `bsm_ray.data.mixing`) and
+takes rows [rank * per_rank, (rank + 1) * per_rank), so no data coordination is needed and a
+restart continues from the saved plan position (data.streaming: `plan.take_sources` names the
+sources of the slice and this worker's Ray Data streams supply the rows; `streaming.py`).
 
-DeepSpeed does ZeRO (stage 0-3 from the config), gradient accumulation and clipping; the LR is
-set from `schedules.lr_at(step)` before every step, so the schedule needs no state of its own.
-fp32 on CPU, bf16 on GPU. Causal LM loss is transformers' shifted cross-entropy (padding is
--100); MLM loss covers masked positions only (labels -100 elsewhere), masks from
-`bsm_ray.data.masking`, deterministic in (seed, row id, step).
+The loss of a step is the sum of per-token losses over the global batch divided by the global
+number of targets, counted from the rows before the forward passes with one all-reduce
+(torchtitan, OLMo-core): the gradient of a fixed global batch is the same for any world size
+and micro-batch size, and train and validation loss are the same quantity. DeepSpeed does ZeRO
+(stage 0-3), accumulation and clipping; the LR comes from `schedules.lr_at(step)` before every
+step, so the schedule has no state. fp32 on CPU, bf16 on GPU.
 
-Metrics (namespaced): train/loss, train/lr, train/tokens_per_s, train/mfu, val/loss/<source>,
-val/loss, val/ppl, data/mix/<source> (realized fraction of real tokens, all workers),
-data/repeats/<source>.
+Side concerns are hooks (`TrainerHook`): the MLflow logger, the CM-GEMS switch and the trace
+lines; the step itself has no branch for them.
 
-Imports torch and deepspeed (inside `train_loop`, after choosing the accelerator).
+Metrics (namespaced): train/loss, train/lr, train/tokens_per_s, train/mfu, train/grad_norm
+(ZeRO 1-3), val/loss/<source>, val/loss, val/ppl, data/mix/<source> (realized fraction of real
+tokens, all workers), data/repeats/<source>; MLM: mask/strategy_global; CM-GEMS:
+curriculum/ppl, curriculum/<rule>_drop, mask/switch_step.
+
+Imports torch and deepspeed (inside the functions, after choosing the accelerator).
 """
 
 from __future__ import annotations
@@ -36,8 +43,19 @@ from typing import Any
 import numpy as np
 
 from bsm_ray.data.mixing import MixState, MixturePlan
+from bsm_ray.log import get_logger
 from bsm_ray.models import build_model, choose_attention, count_parameters, get_preset
 from bsm_ray.models.presets import flops_per_token
+from bsm_ray.train.batches import (
+    VAL_MASK_STEP,
+    Masker,
+    batch_tensors,
+    num_targets,
+    row_labels,
+    rows_to_tensors,
+    token_loss_sum,
+    window_rows,
+)
 from bsm_ray.train.checkpointing import (
     STATE_TAG,
     install_safe_loader,
@@ -50,8 +68,34 @@ from bsm_ray.train.config import TrainConfig
 from bsm_ray.train.context import TrainContext
 from bsm_ray.train.schedules import lr_at
 
+logger = get_logger(__name__)
+
+# Top-level DeepSpeed sections `train.deepspeed` may set (DeepSpeed validates what is inside
+# them, but accepts any unknown top-level key silently, so the list is ours). The batch keys
+# are derived from `global_batch_tokens` and the world size, so they are not among them.
+DEEPSPEED_PASS_THROUGH = (
+    "zero_optimization", "bf16", "fp16", "gradient_clipping", "communication_data_type",
+    "prescale_gradients", "gradient_predivide_factor", "sparse_gradients",
+    "activation_checkpointing", "flops_profiler", "comms_logger", "wall_clock_breakdown",
+    "memory_breakdown", "steps_per_print", "zero_allow_untested_optimizer", "data_types",
+    "aio", "checkpoint", "compile", "timers", "seq_parallel_communication_data_type",
+)  # fmt: skip
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` merged in, nested dicts key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
 
 def deepspeed_config(config: TrainConfig, world_size: int, use_bf16: bool) -> dict[str, Any]:
+    """DeepSpeed's config: the batch layout, clipping, ZeRO stage and bf16 from the run's
+    config, then `config.deepspeed` merged last (offload, overlap_comm, bucket sizes...)."""
     _, accum = config.batch_layout(world_size)
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": config.micro_batch_rows,
@@ -63,7 +107,12 @@ def deepspeed_config(config: TrainConfig, world_size: int, use_bf16: bool) -> di
     }
     if use_bf16:
         ds["bf16"] = {"enabled": True}
-    return ds
+    unknown = sorted(set(config.deepspeed) - set(DEEPSPEED_PASS_THROUGH))
+    if unknown:
+        raise ValueError(f"deepspeed: unknown or derived top-level key(s) {unknown}; allowed: "
+                         f"{', '.join(DEEPSPEED_PASS_THROUGH)} (batch sizes come from "
+                         f"global_batch_tokens and micro_batch_rows)")  # fmt: skip
+    return _merge(ds, config.deepspeed)
 
 
 def measure_peak_flops(device) -> float:
@@ -83,133 +132,6 @@ def measure_peak_flops(device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
-class _Masker:
-    """MLM masking of a batch for a step, following the configured strategy or curriculum."""
-
-    def __init__(self, config: TrainConfig) -> None:
-        from bsm_ray.data.curriculum import CmGemsSchedule, CmStepSchedule
-
-        self.config = config
-        strategy = config.masking.strategy
-        self.rank_table = None
-        if strategy != "dnabert" or config.masking.eval_strategy != "dnabert":
-            self.rank_table = _load_rank_table(config.masking.pmi_table)
-        self.schedule = None
-        if strategy == "cm_step":
-            self.schedule = CmStepSchedule(max_steps=config.max_steps, seed=config.seed)
-        elif strategy == "cm_gems":
-            self.schedule = CmGemsSchedule(threshold=config.masking.switch_threshold,
-                                           rule=config.masking.switch_rule)  # fmt: skip
-
-    def strategy(self, step: int) -> str:
-        return self.schedule.strategy(step) if self.schedule else self.config.masking.strategy
-
-    def __call__(self, ids: np.ndarray, mask: np.ndarray, row_ids: np.ndarray, step: int,
-                 strategy: str | None = None):  # fmt: skip
-        """Masks for `step` with the curriculum's strategy, or with `strategy` when given
-        (validation: a fixed strategy at a fixed step)."""
-        from bsm_ray.data.masking import apply_mask
-
-        return apply_mask(strategy or self.strategy(step), ids, mask, self.config.seed, row_ids,
-                          step, self.rank_table)  # fmt: skip
-
-
-def resolve_pmi_table(path: str | None) -> str:
-    """The NPMI table's path; None means the sample corpus's table, built once and cached."""
-    if path is not None:
-        return path
-    from bsm_ray.data.pmi_build import PmiConfig, build_pmi_table
-    from bsm_ray.data.samples import cache_dir
-
-    path = str(cache_dir() / "npmi_6mer_sample.parquet")
-    if not Path(path).is_file():
-        build_pmi_table(PmiConfig(output=path, progress=False, parallel="local"))
-    return path
-
-
-def _load_rank_table(path: str | None) -> np.ndarray:
-    from bsm_ray.data.pmi_build import load_rank_table
-
-    return load_rank_table(resolve_pmi_table(path))
-
-
-def _batch_tensors(config, windows, rows, masker, step, device, strategy=None):
-    """Tensors for one micro-batch of (source, row) pairs of in-memory windows."""
-    return _tensors(config, _window_rows(config, windows, rows, masker, step, strategy), device)
-
-
-def _window_rows(config, windows, rows, masker, step, strategy=None) -> dict[str, np.ndarray]:
-    """(source, row) pairs of in-memory windows as numpy columns, MLM rows masked for `step`
-    (with the curriculum's strategy, or `strategy` when given)."""
-    out = {
-        "input_ids": np.stack([windows[s].input_ids[r] for s, r in rows]),
-        "attention_mask": np.stack([windows[s].attention_mask[r] for s, r in rows]),
-        "row_id": np.array([windows[s].row_ids[r] for s, r in rows], dtype=np.int64),
-        "source": np.array([s for s, _ in rows]),
-    }
-    if config.objective == "mlm":
-        masked = masker(out["input_ids"], out["attention_mask"], out["row_id"], step, strategy)
-        out["input_ids"], out["labels"] = masked.input_ids, masked.labels
-    return out
-
-
-def row_labels(config, rows: dict[str, np.ndarray]) -> np.ndarray:
-    """Labels of numpy rows: MLM's masked positions, or the ids with -100 on padding (causal)."""
-    if config.objective == "mlm":
-        return rows["labels"]
-    return np.where(rows["attention_mask"] > 0, rows["input_ids"], -100)
-
-
-def _tensors(config, rows: dict[str, np.ndarray], device) -> dict:
-    """Model inputs on `device` from numpy columns."""
-    ids, mask, labels = rows["input_ids"], rows["attention_mask"], row_labels(config, rows)
-    return {
-        "input_ids": to_device(np.ascontiguousarray(ids), device),  # widened to int64 there
-        "attention_mask": to_device(np.ascontiguousarray(mask), device),
-        "labels": to_device(np.ascontiguousarray(labels), device),
-    }
-
-
-def to_device(array: np.ndarray, device):
-    """A numpy batch as an int64 tensor on `device`. It travels in its own (narrower) type and
-    is widened on the device; on CUDA through pinned memory, copied without blocking the host
-    (the copy is ordered before the kernels that use it)."""
-    import torch
-
-    t = torch.from_numpy(array)
-    if device.type == "cuda":
-        t = t.pin_memory().to(device, non_blocking=True)
-    else:
-        t = t.to(device)
-    return t.long()
-
-
-def num_targets(batch, objective: str) -> int:
-    """Positions that carry a loss: shifted labels (causal LM) or masked positions (MLM), of a
-    batch of tensors or of numpy columns with "labels"."""
-    labels = batch["labels"]
-    if objective == "causal":
-        return int((labels[:, 1:] != -100).sum())
-    return int((labels != -100).sum())
-
-
-def token_loss_sum(model, batch, objective: str):
-    """The sum of per-token cross-entropies over the batch's targets (a 0-d fp32 tensor).
-
-    Computed from the logits, not from the model's mean loss: a sum divided by the *global*
-    target count is what makes a step's gradient independent of how its rows are split into
-    micro-batches and workers, and a micro-batch without targets gives 0, not 0/0. Causal LM:
-    logits at t predict the token at t + 1 (transformers' shift); padding labels are -100."""
-    import torch.nn.functional as F
-
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"]
-    if objective == "causal":
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                           ignore_index=-100, reduction="sum")  # fmt: skip
 
 
 def _all_reduce_sum(values: list[float], device) -> list[float]:
@@ -233,10 +155,6 @@ def _reduce_loss(loss_sum) -> float:
     return float(t.item())
 
 
-VAL_MASK_STEP = 0
-"""Validation masks are drawn for this step, so every evaluation (of every run) sees the same."""
-
-
 def _eval_sums(engine, config, ctx, val_windows, masker, device, strategy) -> list[float]:
     """This rank's [loss sum, target count] per validation source (sorted by name), MLM rows
     masked with `strategy` at VAL_MASK_STEP."""
@@ -252,7 +170,7 @@ def _eval_sums(engine, config, ctx, val_windows, masker, device, strategy) -> li
             loss_sum, count = 0.0, 0
             for i in range(0, len(mine), config.micro_batch_rows):
                 rows = [(source, r) for r in mine[i : i + config.micro_batch_rows]]
-                batch = _batch_tensors(config, val_windows, rows, masker, VAL_MASK_STEP, device,
+                batch = batch_tensors(config, val_windows, rows, masker, VAL_MASK_STEP, device,
                                        strategy)  # fmt: skip
                 targets = num_targets(batch, config.objective)
                 if targets:  # the same definition as the training loss: a sum over targets
@@ -355,12 +273,11 @@ def optimizer_step(engine, micro_batches: list[dict], objective: str, global_tar
                    world_size: int):  # fmt: skip
     """One optimizer step whose loss is the sum of per-token losses over the *global* batch
     divided by its number of targets (`global_targets`, counted over all ranks before the
-    forward passes), as torchtitan and OLMo-core do. DeepSpeed averages gradients over ranks
-    (divides by `world_size`), so each micro-batch's sum is scaled by world_size / targets and
-    `scale_wrt_gas=False` stops DeepSpeed dividing by the accumulation steps as well: the
-    gradient is then the same for any world size and micro-batch size. DeepSpeed accumulates
-    and steps at the last micro-batch. Returns this rank's summed token loss as a device tensor
-    (no host sync in here)."""
+    forward passes). DeepSpeed averages gradients over ranks (divides by `world_size`), so each
+    micro-batch's sum is scaled by world_size / targets, and `scale_wrt_gas=False` stops
+    DeepSpeed dividing by the accumulation steps as well. DeepSpeed accumulates and steps at
+    the last micro-batch. Returns this rank's summed token loss as a device tensor (no host
+    sync in here)."""
     scale = world_size / max(global_targets, 1.0)
     total = None
     for batch in micro_batches:
@@ -381,158 +298,266 @@ def count_step(labels: np.ndarray, objective: str, tokens: list[float],
     return totals[0], totals[1:]
 
 
-def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
-    """Train; return the final metrics (val/loss, train/loss, step, checkpoint path)."""
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if config.use_gpu else "cpu")
+# ----------------------------------------------------------------------------- hooks
 
-    device = ctx.device()
-    preset = get_preset(config.model)
-    engine, attn, attn_reason = build_engine(config, ctx.world_size, device)
-    install_safe_loader(engine)
-    global_rows, accum = config.batch_layout(ctx.world_size)
-    per_rank = global_rows // ctx.world_size
 
-    weights = config.trained_mix
-    if config.data.streaming:
-        from bsm_ray.train.streaming import WorkerStreams, load_positions, stream_units
+class TrainerHook:
+    """A side concern of the loop. Each method may read the trainer and add to `metrics`."""
 
-        train_windows = None
-        units = stream_units(config, list(weights))
-        num_rows = {s: sum(u.num_rows for u in us) for s, us in units.items()}
-    else:
-        train_windows = ctx.windows("train")
-        num_rows = {s: len(w) for s, w in train_windows.items()}
-    val_windows = ctx.windows("val")
-    plan = MixturePlan(weights, num_rows, seed=config.seed)
-    masker = _Masker(config) if config.objective == "mlm" else None
-    positions = None
+    def after_step(self, trainer: Trainer, rows: dict[str, np.ndarray], metrics: dict) -> None:
+        """After the optimizer step (every rank), with the rows it trained on."""
 
-    step = 0
-    resumed_from = None
-    with ctx.latest_checkpoint() as checkpoint:
-        if checkpoint is not None:
-            engine.load_checkpoint(str(checkpoint), tag=STATE_TAG)
-            state = read_trainer_state(checkpoint)
-            step = int(state["step"])
-            plan.state = MixState.from_dict(state["mix"])
-            if masker is not None and masker.schedule is not None and state.get("curriculum"):
-                masker.schedule.load_state_dict(state["curriculum"])
-            load_rng(checkpoint, ctx.rank)
-            resumed_from = int(state["step"])
-            if config.data.streaming:
-                positions = load_positions(checkpoint, ctx.rank, ctx.world_size)
-    streams = None
-    if config.data.streaming:
-        phase = None
-        if masker is not None:
-            phase = "cm_step" if config.masking.strategy == "cm_step" else masker.strategy(step)
-        streams = WorkerStreams(config, units, ctx.rank, ctx.world_size, per_rank, step, phase,
-                                positions)  # fmt: skip
+    def after_evaluate(self, trainer: Trainer, metrics: dict) -> None:
+        """After the validation metrics of an evaluation step are in `metrics`."""
 
-    num_params = count_parameters(preset)
-    fpt = flops_per_token(preset, config.row_len, num_params)
-    peak = config.peak_flops or measure_peak_flops(device) * ctx.world_size
-    if ctx.is_rank0:
-        print(f"[bsm_ray] model {preset.name}: {num_params:,} parameters, attention {attn} "
-              f"({attn_reason}); ZeRO-{config.zero_stage}; {ctx.world_size} worker(s); "
-              f"{global_rows} rows/step = {micro_rows_desc(config, accum)}"
-              + (f"; resumed at step {resumed_from}" if resumed_from is not None else ""),
-              flush=True)  # fmt: skip
-    trace = _Trace(ctx, config) if config.trace else None
-    tracker = _tracker(config, ctx)
-    metrics: dict[str, Any] = {}
-    if resumed_from is None:  # the starting point, so every run shows how far loss fell
-        initial = evaluate(engine, config, ctx, val_windows, masker, device)
-        ctx.log({"step": 0, **initial})
-        if tracker is not None:
-            tracker.log(initial, 0, flush=True)
-    names = list(weights)
-    tokens_by_source = {s: 0.0 for s in names}
-    # Step time runs from the end of one step to the end of the next, so tokens/s includes
-    # everything between steps (batch building, evaluation, checkpoints, reporting).
-    t0 = time.perf_counter()
-    while step < config.max_steps:
-        lr = lr_at(config.schedule, step, config.max_steps)
-        for group in engine.optimizer.param_groups:
-            group["lr"] = lr
-        mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
-        if streams is not None:
-            rows = streams.rows(plan.take_sources(global_rows)[mine])
+    def before_report(self, trainer: Trainer, metrics: dict, flush: bool) -> None:
+        """Before the step's metrics go to Ray Train (a sweep may stop the trial there)."""
+
+    def after_train(self, trainer: Trainer) -> None:
+        """Once, after the last step."""
+
+
+class CurriculumHook(TrainerHook):
+    """CM-GEMS: the switch rule at each evaluation (`observe_curriculum`); a switch moves the
+    streams to the new phase for the rows consumed from then on."""
+
+    def after_evaluate(self, trainer: Trainer, metrics: dict) -> None:
+        t = trainer
+        metrics.update(observe_curriculum(t.engine, t.config, t.ctx, t.val_windows, t.masker,
+                                          t.device, t.step, t.trace))  # fmt: skip
+        if metrics.get("mask/switch_step") == t.step and t.streams is not None:
+            t.streams.switch(t.masker.schedule.phase, t.step)
+
+
+class TrackerHook(TrainerHook):
+    """Rank 0's MLflow logger into the run named by `tracking.run_id` (created by the caller):
+    every step's metrics (flushed at reports), the switch step as a tag."""
+
+    def __init__(self, config: TrainConfig, ctx: TrainContext) -> None:
+        from bsm_ray.tracking.runs import RunLogger
+
+        self.logger = RunLogger(config.tracking, config.tracking.run_id, fallback_dir=ctx.run_dir)
+
+    def log_initial(self, metrics: dict) -> None:
+        self.logger.log(metrics, 0, flush=True)
+
+    def before_report(self, trainer: Trainer, metrics: dict, flush: bool) -> None:
+        self.logger.log(metrics, trainer.step, flush=flush)
+        if metrics.get("mask/switch_step") == trainer.step:
+            self.logger.set_tags({"bsm_ray.switch_step": trainer.step})
+
+    def after_train(self, trainer: Trainer) -> None:
+        self.logger.close()
+
+
+class TraceHook(TrainerHook):
+    """`trace: true`: per-step JSON lines of the rows this rank consumed (tests, audits)."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+
+    def after_step(self, trainer: Trainer, rows: dict[str, np.ndarray], metrics: dict) -> None:
+        masker = trainer.masker
+        self.trace.write(trainer.step, metrics["train/loss"], rows, trainer.names,
+                         masker.strategy(trainer.step - 1) if masker is not None else None)
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """One run's engine, data plan, streams and curriculum, resumed from the latest checkpoint
+    when there is one; `train()` runs the loop."""
+
+    def __init__(self, config: TrainConfig, ctx: TrainContext) -> None:
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if config.use_gpu else "cpu")
+        self.config, self.ctx = config, ctx
+        self.device = ctx.device()
+        self.preset = get_preset(config.model)
+        self.engine, attn, attn_reason = build_engine(config, ctx.world_size, self.device)
+        install_safe_loader(self.engine)
+        self.global_rows, self.accum = config.batch_layout(ctx.world_size)
+        self.per_rank = self.global_rows // ctx.world_size
+        weights = config.trained_mix
+        self.names = list(weights)
+        self.train_windows, units = None, None
+        if config.data.streaming:
+            from bsm_ray.train.streaming import stream_units
+
+            units = stream_units(config, self.names)
+            num_rows = {s: sum(u.num_rows for u in us) for s, us in units.items()}
         else:
-            rows = _window_rows(config, train_windows, plan.take(global_rows)[mine], masker, step)
+            self.train_windows = ctx.windows("train")
+            num_rows = {s: len(w) for s, w in self.train_windows.items()}
+        self.val_windows = ctx.windows("val")
+        self.plan = MixturePlan(weights, num_rows, seed=config.seed)
+        self.masker = Masker(config) if config.objective == "mlm" else None
+        self.step, self._stream_positions = 0, None
+        self.resumed_from = self._resume()
+        self.streams = self._streams(units) if config.data.streaming else None
+        num_params = count_parameters(self.preset)
+        self.flops_per_token = flops_per_token(self.preset, config.row_len, num_params)
+        self.peak = config.peak_flops or measure_peak_flops(self.device) * ctx.world_size
+        if ctx.is_rank0:
+            logger.info(f"model {self.preset.name}: {num_params:,} parameters, attention "
+                  f"{attn} ({attn_reason}); ZeRO-{config.zero_stage}; {ctx.world_size} "
+                  f"worker(s); {self.global_rows} rows/step = {micro_rows_desc(config, self.accum)}"
+                  + (f"; resumed at step {self.resumed_from}" if self.resumed_from is not None
+                     else ""))  # fmt: skip
+        self.trace = Trace(ctx, config) if config.trace else None
+        self.tracker = (TrackerHook(config, ctx) if ctx.is_rank0 and config.tracking.enabled
+                        and config.tracking.run_id else None)  # fmt: skip
+        self.hooks: list[TrainerHook] = [h for h in (
+            CurriculumHook() if self.masker is not None else None,
+            TraceHook(self.trace) if self.trace is not None else None,
+            self.tracker,
+        ) if h is not None]  # fmt: skip
+        self.tokens_by_source = {s: 0.0 for s in self.names}
+
+    def _resume(self) -> int | None:
+        """Load the latest checkpoint, if any: engine, step, plan position, curriculum, RNG
+        (and, streaming, this rank's stream positions). Returns the step resumed at."""
+        with self.ctx.latest_checkpoint() as checkpoint:
+            if checkpoint is None:
+                return None
+            self.engine.load_checkpoint(str(checkpoint), tag=STATE_TAG)
+            state = read_trainer_state(checkpoint)
+            self.step = int(state["step"])
+            self.plan.state = MixState.from_dict(state["mix"])
+            schedule = self.masker.schedule if self.masker is not None else None
+            if schedule is not None and state.get("curriculum"):
+                schedule.load_state_dict(state["curriculum"])
+            load_rng(checkpoint, self.ctx.rank)
+            if self.config.data.streaming:
+                from bsm_ray.train.streaming import load_positions
+
+                self._stream_positions = load_positions(checkpoint, self.ctx.rank,
+                                                        self.ctx.world_size)  # fmt: skip
+            return self.step
+
+    def _streams(self, units):
+        from bsm_ray.train.streaming import WorkerStreams
+
+        phase = None
+        if self.masker is not None:
+            cm_step = self.config.masking.strategy == "cm_step"
+            phase = "cm_step" if cm_step else self.masker.strategy(self.step)
+        return WorkerStreams(self.config, units, self.ctx.rank, self.ctx.world_size,
+                             self.per_rank, self.step, phase,
+                             self._stream_positions)  # fmt: skip
+
+    def train(self) -> dict[str, Any]:
+        """Train to `max_steps`; return the final metrics."""
+        metrics: dict[str, Any] = {}
+        if self.resumed_from is None:  # the starting point, so every run shows how far it fell
+            self.initial_evaluation()
+        # Step time runs from the end of one step to the end of the next, so tokens/s includes
+        # everything between steps (batch building, evaluation, checkpoints, reporting).
+        self.t0 = time.perf_counter()
+        while self.step < self.config.max_steps:
+            metrics = self.train_step(self.next_batch())
+            self.maybe_evaluate(metrics)
+            self.maybe_checkpoint(metrics)
+        for hook in self.hooks:
+            hook.after_train(self)
+        return metrics
+
+    def initial_evaluation(self) -> None:
+        initial = evaluate(self.engine, self.config, self.ctx, self.val_windows, self.masker,
+                           self.device)  # fmt: skip
+        self.ctx.log({"step": 0, **initial})
+        if self.tracker is not None:
+            self.tracker.log_initial(initial)
+
+    def next_batch(self) -> dict[str, np.ndarray]:
+        """This rank's rows of the next global batch (numpy columns; MLM rows masked)."""
+        mine = slice(self.ctx.rank * self.per_rank, (self.ctx.rank + 1) * self.per_rank)
+        if self.streams is not None:
+            return self.streams.rows(self.plan.take_sources(self.global_rows)[mine])
+        return window_rows(self.config, self.train_windows, self.plan.take(self.global_rows)[mine],
+                           self.masker, self.step)  # fmt: skip
+
+    def train_step(self, rows: dict[str, np.ndarray]) -> dict[str, Any]:
+        """One optimizer step on this rank's `rows`; returns the step's metrics."""
+        config, ctx = self.config, self.ctx
+        lr = lr_at(config.schedule, self.step, config.max_steps)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
         mb = config.micro_batch_rows
-        micro_batches = [_tensors(config, {k: v[m * mb : (m + 1) * mb] for k, v in rows.items()},
-                                  device) for m in range(accum)]  # fmt: skip
+        micro_batches = [rows_to_tensors(config, {k: v[m * mb : (m + 1) * mb]
+                                                  for k, v in rows.items()}, self.device)
+                         for m in range(self.accum)]  # fmt: skip
         real = rows["attention_mask"].sum(axis=1)
-        my_tokens = [float(real[rows["source"] == s].sum()) for s in names]
-        global_targets, step_tokens = count_step(row_labels(config, rows), config.objective,
-                                                 my_tokens, device)  # fmt: skip
-        loss_sum = optimizer_step(engine, micro_batches, config.objective, global_targets,
+        my_tokens = [float(real[rows["source"] == s].sum()) for s in self.names]
+        targets, step_tokens = count_step(row_labels(config, rows), config.objective, my_tokens,
+                                          self.device)  # fmt: skip
+        loss_sum = optimizer_step(self.engine, micro_batches, config.objective, targets,
                                   ctx.world_size)  # fmt: skip
         loss_total = _reduce_loss(loss_sum)  # the one host sync after the step
         now = time.perf_counter()
-        elapsed, t0 = now - t0, now
-        step += 1
-        for s, n in zip(names, step_tokens, strict=True):
-            tokens_by_source[s] += n
+        elapsed, self.t0 = now - self.t0, now
+        self.step += 1
+        for s, n in zip(self.names, step_tokens, strict=True):
+            self.tokens_by_source[s] += n
         tokens_per_s = sum(step_tokens) / elapsed
-        total_tokens = sum(tokens_by_source.values())
+        total_tokens = sum(self.tokens_by_source.values())
+        repeats = self.streams.repeats() if self.streams is not None else self.plan.repeats()
         metrics = {
-            "step": step,
-            "train/loss": loss_total / max(global_targets, 1.0),  # per target token
+            "step": self.step,
+            "train/loss": loss_total / max(targets, 1.0),  # per target token
             "train/lr": lr,
             "train/tokens_per_s": tokens_per_s,
-            "train/mfu": tokens_per_s * fpt / peak,
-            **{f"data/mix/{s}": n / total_tokens for s, n in tokens_by_source.items()},
-            **{f"data/repeats/{s}": n for s, n in
-               (streams.repeats() if streams is not None else plan.repeats()).items()},
+            "train/mfu": tokens_per_s * self.flops_per_token / self.peak,
+            **{f"data/mix/{s}": n / total_tokens for s, n in self.tokens_by_source.items()},
+            **{f"data/repeats/{s}": n for s, n in repeats.items()},
         }  # fmt: skip
-        grad_norm = engine.get_global_grad_norm()  # ZeRO 1-3 (before clipping); None at 0
+        grad_norm = self.engine.get_global_grad_norm()  # ZeRO 1-3 (before clipping); None at 0
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
-        if masker is not None:
-            metrics["mask/strategy_global"] = float(masker.strategy(step - 1) == "global")
-        if trace is not None:
-            trace.write(step, metrics["train/loss"], rows, names,
-                        masker.strategy(step - 1) if masker is not None else None)
-        is_last = step == config.max_steps
-        if step % config.eval_every == 0 or is_last:
-            metrics.update(evaluate(engine, config, ctx, val_windows, masker, device))
-            if masker is not None:
-                metrics.update(observe_curriculum(engine, config, ctx, val_windows, masker,
-                                                  device, step, trace))  # fmt: skip
-                if metrics.get("mask/switch_step") == step:
-                    if streams is not None:  # rows consumed from now on: the new phase
-                        streams.switch(masker.schedule.phase, step)
-                    if tracker is not None:
-                        tracker.set_tags({"bsm_ray.switch_step": step})
-        # Every step is logged (rank 0, locally); Ray Train gets a report only with evaluations
-        # and checkpoints: each report waits for the Train controller's next poll, so a report
-        # per step would cap the step rate. The rule is the same on every rank.
-        reporting = step % config.checkpoint_every == 0 or step % config.eval_every == 0
-        if tracker is not None:  # before the report: a sweep may stop the trial at a report
-            tracker.log(metrics, step, flush=reporting or is_last)
-        if step % config.checkpoint_every == 0 or is_last:
-            probe = _probe_batch(config, val_windows, device) if is_last else None
-            directory = _save_checkpoint(engine, ctx, config, step, plan, masker, is_last, probe,
-                                         streams)  # fmt: skip
-            ctx.report(metrics, checkpoint_dir=directory)
-        elif step % config.eval_every == 0:
-            ctx.report(metrics)
+        if self.masker is not None:
+            metrics["mask/strategy_global"] = float(self.masker.strategy(self.step - 1)
+                                                    == "global")  # fmt: skip
+        for hook in self.hooks:
+            hook.after_step(self, rows, metrics)
+        return metrics
+
+    @property
+    def is_last(self) -> bool:
+        return self.step == self.config.max_steps
+
+    def maybe_evaluate(self, metrics: dict[str, Any]) -> None:
+        """Validation metrics at `eval_every` and at the last step, then the hooks'."""
+        if self.step % self.config.eval_every and not self.is_last:
+            return
+        metrics.update(evaluate(self.engine, self.config, self.ctx, self.val_windows,
+                                self.masker, self.device))  # fmt: skip
+        for hook in self.hooks:
+            hook.after_evaluate(self, metrics)
+
+    def maybe_checkpoint(self, metrics: dict[str, Any]) -> None:
+        """Hooks log the step; a checkpoint (and report) at `checkpoint_every` and at the end,
+        a report at evaluations, a local log line otherwise. Ray Train gets reports only with
+        evaluations and checkpoints: each report waits for the Train controller's next poll,
+        so a report per step would cap the step rate. The rule is the same on every rank."""
+        config, step = self.config, self.step
+        checkpointing = step % config.checkpoint_every == 0 or self.is_last
+        reporting = checkpointing or step % config.eval_every == 0
+        for hook in self.hooks:
+            hook.before_report(self, metrics, flush=reporting)
+        if checkpointing:
+            probe = _probe_batch(config, self.val_windows, self.device) if self.is_last else None
+            directory = _save_checkpoint(self.engine, self.ctx, config, step, self.plan,
+                                         self.masker, self.is_last, probe, self.streams)
+            self.ctx.report(metrics, checkpoint_dir=directory)
+        elif reporting:
+            self.ctx.report(metrics)
         else:
-            ctx.log(metrics)
-    if tracker is not None:
-        tracker.close()
-    return metrics
+            self.ctx.log(metrics)
 
 
-def _tracker(config: TrainConfig, ctx: TrainContext):
-    """Rank 0's MLflow logger into the run named by `tracking.run_id` (created by the caller)."""
-    if not (ctx.is_rank0 and config.tracking.enabled and config.tracking.run_id):
-        return None
-    from bsm_ray.tracking.runs import RunLogger
-
-    return RunLogger(config.tracking, config.tracking.run_id, fallback_dir=ctx.run_dir)
+def train_loop(config: TrainConfig, ctx: TrainContext) -> dict[str, Any]:
+    """Train; return the final metrics (val/loss, train/loss, step, checkpoint path)."""
+    return Trainer(config, ctx).train()
 
 
 def micro_rows_desc(config: TrainConfig, accum: int) -> str:
@@ -559,8 +584,8 @@ def _save_checkpoint(engine, ctx, config, step, plan, masker, final: bool, probe
     if final:
         diff = export_model(engine, ctx, config, directory / "final_model", probe)
         if diff is not None:
-            print(f"[bsm_ray] exported the final model: reloaded with from_pretrained, max "
-                  f"|logit difference| {diff:.2g} on a validation batch", flush=True)
+            logger.info(f"exported the final model: reloaded with from_pretrained, max "
+                  f"|logit difference| {diff:.2g} on a validation batch")
             write_trainer_state(directory, {**read_trainer_state(directory),
                                             "export_max_abs_logit_diff": diff})
     if dist.is_initialized():
@@ -618,7 +643,7 @@ def _probe_batch(config, val_windows, device):
     return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
 
-class _Trace:
+class Trace:
     """Per-step JSON lines: loss and the (source, row) pairs this rank consumed; CM-GEMS runs
     also one line per evaluation of the switch rule (`curriculum_rank<r>.jsonl`)."""
 

@@ -48,7 +48,7 @@ class WorkerStreams:
         mlm = config.objective == "mlm"
         pmi_table = None
         if mlm and config.masking.strategy != "dnabert":
-            from bsm_ray.train.loop import resolve_pmi_table
+            from bsm_ray.train.batches import resolve_pmi_table
 
             pmi_table = resolve_pmi_table(config.masking.pmi_table)
         self.readers = {}

@@ -23,7 +23,10 @@ from typing import Any, TypeVar
 from bsm_ray.config import dump_yaml, from_dict, to_dict
 from bsm_ray.errors import TrackingError
 from bsm_ray.fileio import atomic_write_text
+from bsm_ray.log import get_logger
 from bsm_ray.tracking.config import resolve_tracking_uri
+
+logger = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -45,9 +48,8 @@ def _retry(fn: Callable[[], T], what: str, tracking, attempts: int = 5) -> T | N
                 raise TrackingError(f"MLflow at {resolve_tracking_uri(tracking.uri)}: {what} "
                                     f"failed (tracking.strict is set): {exc}") from exc
             if attempt == attempts - 1:
-                print(f"[bsm_ray] MLflow at {resolve_tracking_uri(tracking.uri)}: {what} failed "
-                      f"after {attempts} attempts ({type(exc).__name__}: {str(exc)[:200]})",
-                      flush=True)  # fmt: skip
+                logger.info(f"MLflow at {resolve_tracking_uri(tracking.uri)}: {what} failed "
+                      f"after {attempts} attempts ({type(exc).__name__}: {str(exc)[:200]})")
                 return None
             time.sleep(2.0 ** (attempt + 1))
     return None
@@ -61,7 +63,7 @@ def pmi_table_of(config) -> str | None:
     """The NPMI table an MLM run masks with (built for the sample when it is the default)."""
     if config.objective != "mlm" or config.masking.strategy == "dnabert":
         return None
-    from bsm_ray.train.loop import resolve_pmi_table
+    from bsm_ray.train.batches import resolve_pmi_table
 
     return resolve_pmi_table(config.masking.pmi_table)
 
@@ -82,7 +84,7 @@ def _continued_run(tracking, marker: Path) -> str | None:
         c.update_run(data["run_id"], status="RUNNING")
     except Exception:
         return None
-    print(f"[bsm_ray] continuing MLflow run {data['run_id']} of an earlier launch", flush=True)
+    logger.info(f"continuing MLflow run {data['run_id']} of an earlier launch")
     return data["run_id"]
 
 
@@ -110,10 +112,10 @@ def start_run(config, run_dir: str):
             atomic_write_text(marker, json.dumps({"run_id": run_id,
                                                   "uri": config.tracking.uri}))
     if run_id is None:
-        print("[bsm_ray] this run is NOT tracked in MLflow (its metrics are still in "
-              f"{run_dir}/metrics.jsonl)", flush=True)  # fmt: skip
+        logger.info("this run is NOT tracked in MLflow (its metrics are still in "
+              f"{run_dir}/metrics.jsonl)")  # fmt: skip
         return from_dict(cls, {**to_dict(config), "tracking": {**tracking, "enabled": False}})
-    print(f"[bsm_ray] {describe_run(config.tracking, run_id)}", flush=True)
+    logger.info(f"{describe_run(config.tracking, run_id)}")
     c = client(config.tracking.uri)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
@@ -200,31 +202,29 @@ def finish_run(config, result) -> dict[str, Any]:
             init_from=config.init_from, description=f"run {config.name} ({run_id})"),
             f"registering {final} as {name}", tracking)  # fmt: skip
         if version is None:
-            print(f"[bsm_ray] to register it later: python jobs/register_model.py --path {final} "
-                  f"--name {name} --run-id {run_id}", flush=True)  # fmt: skip
+            logger.info(f"to register it later: python jobs/register_model.py --path {final} "
+                  f"--name {name} --run-id {run_id}")  # fmt: skip
         else:
             out["registered"] = version.uri
-            print(f"[bsm_ray] registered {version.uri} (parent {version.parent or 'none'})",
-                  flush=True)  # fmt: skip
+            logger.info(f"registered {version.uri} (parent {version.parent or 'none'})")
     unsent = run_dir / UNSENT_FILE
     if unsent.is_file():  # rank 0 gave up before the server came back: send it now
         sent = _retry(lambda: replay_unsent(tracking, unsent) or _raise(unsent),
                       f"sending {unsent}", tracking)  # fmt: skip
         if sent is None:
             out["unsent_file"] = str(unsent)
-            print(f"[bsm_ray] metrics MLflow never received are in {unsent}", flush=True)
+            logger.info(f"metrics MLflow never received are in {unsent}")
         else:
-            print(f"[bsm_ray] sent {sent['metrics']} metric values rank 0 had kept in {unsent}",
-                  flush=True)  # fmt: skip
+            logger.info(f"sent {sent['metrics']} metric values rank 0 had kept in {unsent}")
     run = _retry(lambda: c.get_run(run_id), "reading the run back", tracking)
     if run is not None:
         gaps = run.data.tags.get("bsm_ray.logging_gaps")
         if gaps:
             spans = json.loads(gaps)
             out["logging_gaps"] = spans
-            print("[bsm_ray] MLflow logging gaps during this run: "
+            logger.info("MLflow logging gaps during this run: "
                   + ", ".join(f"{g['seconds']} s" for g in spans)
-                  + " (metrics were kept and sent when the server came back)", flush=True)
+                  + " (metrics were kept and sent when the server came back)")
     _retry(lambda: c.set_terminated(run_id, "FINISHED"), "ending the run", tracking)
     return out
 
@@ -236,5 +236,4 @@ def fail_run(config) -> None:
     try:
         client(config.tracking.uri).set_terminated(config.tracking.run_id, "FAILED")
     except Exception as exc:  # the original error is re-raised by the caller
-        print(f"[bsm_ray] could not mark MLflow run {config.tracking.run_id} FAILED: {exc}",
-              flush=True)  # fmt: skip
+        logger.info(f"could not mark MLflow run {config.tracking.run_id} FAILED: {exc}")

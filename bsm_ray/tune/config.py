@@ -114,3 +114,26 @@ class AnnealConfig:
         lo, hi = self.search.weight_range
         if not 0 < lo <= hi:
             raise ValueError(f"search.weight_range must satisfy 0 < low <= high, got {lo}, {hi}")
+
+
+@dataclass
+class SweepSpec:
+    """What every trial of a running sweep shares, shipped to each Tune trial (typed, so a
+    trial gets the same strict checking as a config; built by `sweep.sweep_spec`)."""
+
+    sweep_dir: str
+    """<storage_path>/<name>: trials write under trials/<id>/."""
+    train: TrainConfig
+    """The trial recipe; a trial sets its mix, threshold, schedule, steps and base on a copy."""
+    sources: list[str]
+    """The swept sources, in the order of the raw weights `w_<source>`."""
+    steps: int
+    eval_every: int
+    base: str
+    """The Hugging Face model folder every trial starts from."""
+    start_lr: float
+    """The anneal's first LR (linearly to 0 over `steps`)."""
+    objective: dict[str, float]
+    """Weights of the per-source validation losses in the objective."""
+    tracking: TrackingConfig
+    parent_run_id: str | None = None

@@ -32,9 +32,10 @@ from typing import Any
 from bsm_ray.config import dump_yaml, from_dict, load_config, to_dict
 from bsm_ray.errors import BsmRayError, ConfigError
 from bsm_ray.fileio import atomic_write_text
+from bsm_ray.log import get_logger
 from bsm_ray.train.config import TrainConfig
 from bsm_ray.train.context import read_metrics
-from bsm_ray.tune.config import AnnealConfig
+from bsm_ray.tune.config import AnnealConfig, SweepSpec
 from bsm_ray.tune.space import (
     THRESHOLD_KEY,
     SweepSummary,
@@ -50,6 +51,8 @@ from bsm_ray.tune.space import (
     swept_sources,
 )
 
+logger = get_logger(__name__)
+
 TUNE_DIR = "tune"
 TRIAL_DRIVER_MEMORY = 512 * 1024**2
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # ray._common.constants.HEAD_NODE_RESOURCE_NAME
@@ -62,6 +65,8 @@ class SweepOutcome:
     best_yaml: Path
     plot: Path
     parent_run_id: str | None
+    report: str
+    """The ranked table and the ASHA-vs-grid lines (also in summary.txt); the job prints it."""
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -93,10 +98,10 @@ def trial_concurrency(config: AnnealConfig, resources: dict[str, float]) -> int:
         n = min(n, int(resources.get("GPU", 0) // workers))
     if n < 1:
         # An autoscaling cluster may add the nodes; say so rather than wait silently.
-        print(f"[bsm_ray] the cluster has {resources.get('CPU', 0):g} CPUs / "
+        logger.info(f"the cluster has {resources.get('CPU', 0):g} CPUs / "
               f"{resources.get('GPU', 0):g} GPUs now; one trial needs {workers} workers x "
               f"{train.cpus_per_worker} CPUs{' + 1 GPU' if train.use_gpu else ''}: running one "
-              f"trial at a time and waiting for the autoscaler", flush=True)  # fmt: skip
+              f"trial at a time and waiting for the autoscaler")  # fmt: skip
         n = 1
     return min(n, config.search.num_samples)
 
@@ -124,7 +129,7 @@ def _train_base(config: AnnealConfig, sweep_dir: Path) -> Path:
     done = sorted((sweep_dir / "base").glob("checkpoints/checkpoint_*/final_model"))
     done += sorted((sweep_dir / "base").glob("checkpoint_*/final_model"))
     if done:
-        print(f"[bsm_ray] base model: {done[-1]} (reused)", flush=True)
+        logger.info(f"base model: {done[-1]} (reused)")
         return done[-1]
     data = to_dict(config.train)
     data.update(
@@ -138,32 +143,32 @@ def _train_base(config: AnnealConfig, sweep_dir: Path) -> Path:
     data["data"]["mix"] = dict(config.base.mix)
     base = from_dict(TrainConfig, data)
     t0 = time.perf_counter()
-    print(f"[bsm_ray] training the base model: {base.model}, {base.max_steps} steps on "
-          f"{dict(base.data.mix)}", flush=True)  # fmt: skip
+    logger.info(f"training the base model: {base.model}, {base.max_steps} steps on "
+          f"{dict(base.data.mix)}")  # fmt: skip
     result = launch(base)
     if result.final_model is None:
         raise BsmRayError("the base run ended without a final model")
-    print(f"[bsm_ray] base model: {result.final_model} ({time.perf_counter() - t0:.0f} s, "
-          f"val/loss {result.metrics.get('val/loss', float('nan')):.4f})", flush=True)
+    logger.info(f"base model: {result.final_model} ({time.perf_counter() - t0:.0f} s, "
+          f"val/loss {result.metrics.get('val/loss', float('nan')):.4f})")
     return Path(result.final_model)
 
 
-def trial_train_config(spec: dict[str, Any], params: dict[str, Any], trial_id: str,
+def trial_train_config(spec: SweepSpec, params: dict[str, Any], trial_id: str,
                        run_id: str | None) -> TrainConfig:
     """The exact TrainConfig of one trial: the recipe + mix + anneal schedule + base weights."""
-    data = json.loads(json.dumps(spec["train"]))  # a deep copy
-    sources = spec["sources"]
+    data = to_dict(spec.train)  # a deep copy
+    sources = spec.sources
     if len(sources) > 1:
         data["data"]["mix"] = mix_of(params, sources)
     if THRESHOLD_KEY in params:
         data["masking"]["switch_threshold"] = float(params[THRESHOLD_KEY])
     data.update(
-        name=trial_id, storage_path=str(Path(spec["sweep_dir"]) / "trials"),
-        max_steps=spec["steps"], init_from=spec["base"],
-        eval_every=spec["eval_every"], checkpoint_every=spec["eval_every"],
-        schedule={"kind": "anneal", "start_lr": spec["start_lr"], "end_lr": 0.0,
+        name=trial_id, storage_path=str(Path(spec.sweep_dir) / "trials"),
+        max_steps=spec.steps, init_from=spec.base,
+        eval_every=spec.eval_every, checkpoint_every=spec.eval_every,
+        schedule={"kind": "anneal", "start_lr": spec.start_lr, "end_lr": 0.0,
                   "warmup_steps": 0},
-        tracking={**spec["tracking"], "run_id": run_id, "enabled": run_id is not None},
+        tracking={**to_dict(spec.tracking), "run_id": run_id, "enabled": run_id is not None},
     )  # fmt: skip
     return from_dict(TrainConfig, data)
 
@@ -194,17 +199,17 @@ def _objective_callback(weights: dict[str, float]):
     return ObjectiveReportCallback(weights)
 
 
-def run_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
+def run_trial(params: dict[str, Any], spec: SweepSpec) -> None:
     """Tune function trainable: one annealing trial (launches its own TorchTrainer)."""
     from ray import tune
 
     from bsm_ray.train.launcher import launch
 
     trial_id = tune.get_context().get_trial_id()
-    trial_dir = Path(spec["sweep_dir"]) / "trials" / trial_id
-    final = finished_metrics(trial_dir, spec["steps"])
+    trial_dir = Path(spec.sweep_dir) / "trials" / trial_id
+    final = finished_metrics(trial_dir, spec.steps)
     if final is not None:  # finished before an interruption: never train it again
-        value = objective_of(final, spec["objective"])
+        value = objective_of(final, spec.objective)
         tune.report({**final, **({"objective": value} if value is not None else {})})
         return
     info_path = trial_dir / "trial.json"
@@ -212,15 +217,14 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
         info = json.loads(info_path.read_text())
     else:
         run_id = None
-        if spec["tracking"]["enabled"]:
-            from bsm_ray.tracking.config import TrackingConfig
+        if spec.tracking.enabled:
             from bsm_ray.tracking.runs import create_run
             from bsm_ray.tracking.tags import run_tags
 
             probe = trial_train_config(spec, params, trial_id, None)
             run_id = create_run(
-                from_dict(TrackingConfig, spec["tracking"]), f"trial-{trial_id}",
-                parent_run_id=spec["parent_run_id"], params=to_dict(probe),
+                spec.tracking, f"trial-{trial_id}",
+                parent_run_id=spec.parent_run_id, params=to_dict(probe),
                 tags={**run_tags(probe), "bsm_ray.trial_id": trial_id},
             )  # fmt: skip
         config = trial_train_config(spec, params, trial_id, run_id)
@@ -230,7 +234,7 @@ def run_trial(params: dict[str, Any], spec: dict[str, Any]) -> None:
     # Tune may end this function as soon as the last report arrives (ASHA at max_t), so
     # nothing must depend on code after launch(): "finished" is the run's final model.
     launch(from_dict(TrainConfig, info["train"]),
-           callbacks=[_objective_callback(spec["objective"])])
+           callbacks=[_objective_callback(spec.objective)])
 
 
 def finished_metrics(trial_dir: Path, steps: int) -> dict[str, Any] | None:
@@ -255,7 +259,7 @@ def _continue_trial(info: dict[str, Any], weights: dict[str, float]) -> dict[str
 # ----------------------------------------------------------------------------- the sweep
 
 
-def _tuner(config: AnnealConfig, spec: dict[str, Any], sweep_dir: Path, resume: bool):
+def _tuner(config: AnnealConfig, spec: SweepSpec, sweep_dir: Path, resume: bool):
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -269,10 +273,10 @@ def _tuner(config: AnnealConfig, spec: dict[str, Any], sweep_dir: Path, resume: 
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), driver)
     tune_path = sweep_dir / TUNE_DIR
     if resume and tune.Tuner.can_restore(str(tune_path)):
-        print(f"[bsm_ray] resuming sweep {tune_path}", flush=True)
+        logger.info(f"resuming sweep {tune_path}")
         return tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)  # fmt: skip
-    sources = spec["sources"]
+    sources = spec.sources
     lo, hi = config.search.weight_range
     space: dict[str, Any] = {}
     if len(sources) > 1:
@@ -301,10 +305,9 @@ def _tuner(config: AnnealConfig, spec: dict[str, Any], sweep_dir: Path, resume: 
     else:
         scheduler = FIFOScheduler()
     concurrency = trial_concurrency(config, ray.cluster_resources())
-    print(f"[bsm_ray] sweep {config.name}: {config.search.num_samples} trials ({len(points)} "
+    logger.info(f"sweep {config.name}: {config.search.num_samples} trials ({len(points)} "
           f"fixed, the rest by {config.search.searcher}), {config.steps} steps each, "
-          f"{concurrency} at a time, ASHA {'on' if config.asha.enabled else 'off'}",
-          flush=True)  # fmt: skip
+          f"{concurrency} at a time, ASHA {'on' if config.asha.enabled else 'off'}")  # fmt: skip
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -316,7 +319,7 @@ def _tuner(config: AnnealConfig, spec: dict[str, Any], sweep_dir: Path, resume: 
     )  # fmt: skip
 
 
-def _rows(sweep_dir: Path, spec: dict[str, Any], result_grid) -> tuple[list[TrialRow], list[str]]:
+def _rows(sweep_dir: Path, spec: SweepSpec, result_grid) -> tuple[list[TrialRow], list[str]]:
     rows, errors = [], []
     for result in result_grid:
         if result.error is not None:
@@ -334,7 +337,7 @@ def _rows(sweep_dir: Path, spec: dict[str, Any], result_grid) -> tuple[list[Tria
         steps_asha = max(trained, default=0)
         reported_step = int(metrics.get("step", 0))
         objective = metrics.get("objective")
-        full = objective if reported_step >= spec["steps"] else None
+        full = objective if reported_step >= spec.steps else None
         rows.append(TrialRow(
             trial_id=trial_id, mix=from_dict(TrainConfig, train).trained_mix,
             threshold=info["params"].get(THRESHOLD_KEY),
@@ -359,8 +362,8 @@ def _grid_check(config: AnnealConfig, sweep_dir: Path, rows: list[TrialRow], wei
     stopped = [r for r in rows if r.objective_full is None]
     if not stopped:
         return
-    print(f"[bsm_ray] grid check: training the {len(stopped)} trial(s) ASHA stopped on to step "
-          f"{config.steps}", flush=True)  # fmt: skip
+    logger.info(f"grid check: training the {len(stopped)} trial(s) ASHA stopped on to step "
+          f"{config.steps}")  # fmt: skip
     task = ray.remote(num_cpus=0)(_continue_trial)
     pending: dict[Any, TrialRow] = {}
     queue = list(stopped)
@@ -471,16 +474,13 @@ def _write_winner(config: AnnealConfig, summary: SweepSummary, path: Path) -> No
     atomic_write_text(path, header + dump_yaml(nxt))
 
 
-def sweep_spec(config: AnnealConfig, sweep_dir: Path, base: Path, weights, parent_run_id):
-    train = to_dict(config.train)
-    return {
-        "sweep_dir": str(sweep_dir), "train": train, "sources": swept_sources(config),
-        "steps": config.steps, "eval_every": config.eval_every, "base": str(base),
-        "start_lr": config.start_lr if config.start_lr is not None
-        else config.train.schedule.start_lr,
-        "objective": weights, "tracking": to_dict(config.tracking),
-        "parent_run_id": parent_run_id,
-    }  # fmt: skip
+def sweep_spec(config: AnnealConfig, sweep_dir: Path, base: Path, weights,
+               parent_run_id) -> SweepSpec:  # fmt: skip
+    start_lr = config.start_lr if config.start_lr is not None else config.train.schedule.start_lr
+    return SweepSpec(sweep_dir=str(sweep_dir), train=config.train, sources=swept_sources(config),
+                     steps=config.steps, eval_every=config.eval_every, base=str(base),
+                     start_lr=start_lr, objective=dict(weights), tracking=config.tracking,
+                     parent_run_id=parent_run_id)  # fmt: skip
 
 
 def run_sweep(config: AnnealConfig, resume: bool = False, overwrite: bool = False) -> SweepOutcome:
@@ -528,8 +528,7 @@ def run_sweep(config: AnnealConfig, resume: bool = False, overwrite: bool = Fals
             parent_run_id = create_run(config.tracking, config.name, params=to_dict(config),
                                        tags={"bsm_ray.sweep_dir": str(sweep_dir),
                                              "bsm_ray.base": str(base)})  # fmt: skip
-            print(f"[bsm_ray] sweep parent: {describe_run(config.tracking, parent_run_id)}",
-                  flush=True)  # fmt: skip
+            logger.info(f"sweep parent: {describe_run(config.tracking, parent_run_id)}")
         atomic_write_text(state_path, json.dumps({"base": str(base),
                                                   "parent_run_id": parent_run_id,
                                                   "config": to_dict(config)}, indent=2))
@@ -550,7 +549,7 @@ def _sweep(config, spec, sweep_dir, resume, weights, parent_run_id) -> SweepOutc
     result_grid = tuner.fit()
     rows, errors = _rows(sweep_dir, spec, result_grid)
     for e in errors:
-        print(f"[bsm_ray] error: {e}", flush=True)
+        logger.error(f"error: {e}")
     if not rows:
         raise BsmRayError(f"every trial failed ({len(errors)}); see above")
     if config.grid_check:
@@ -621,5 +620,4 @@ def _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed) -> Sweep
 
         finish_parent(config.tracking, parent_run_id, record,
                       [sweep_dir / "summary.json", sweep_dir / "summary.txt", best_yaml, plot])
-    print(report, flush=True)
-    return SweepOutcome(summary, sweep_dir, best_yaml, plot, parent_run_id)
+    return SweepOutcome(summary, sweep_dir, best_yaml, plot, parent_run_id, report)
