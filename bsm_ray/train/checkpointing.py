@@ -4,7 +4,8 @@ A checkpoint directory holds:
 - `state/`: DeepSpeed's own files (model and ZeRO optimizer partitions of every rank), written by
   `engine.save_checkpoint`. They are torch zip files; we load them with
   `torch.load(weights_only=True)`, never full unpickling: `SafeCheckpointEngine` replaces
-  DeepSpeed's loader, allowing only the three plain DeepSpeed data types its files contain.
+  DeepSpeed's loader, allowing only the three plain DeepSpeed data types its files contain
+  (and getattr only for the members of its ZeRO stage enum, see `enum_member`).
 - `trainer_state.json` (rank 0): the step, the data position (mixture plan state), the masking
   schedule state, the config name.
 - `rng_rank<r>.json` (every rank): that rank's torch RNG state (dropout), as a list of bytes.
@@ -25,12 +26,32 @@ STATE_TAG = "state"
 TRAINER_STATE = "trainer_state.json"
 
 
+def enum_member(cls, name: str):
+    """Stands in for `builtins.getattr` when a checkpoint is unpickled: some Python versions
+    (Debian's 3.11.2, not 3.11.7) pickle an enum member as getattr(EnumClass, name), so
+    DeepSpeed's ZeRO files then hold `getattr(ZeroStageEnum, ...)`. Only a member of an
+    allowed enum is returned; any other getattr in a file is refused."""
+    import pickle
+    from enum import Enum
+
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    allowed = (ZeroStageEnum,)
+    if (isinstance(cls, type) and issubclass(cls, Enum) and cls in allowed
+            and isinstance(name, str) and name in cls.__members__):  # fmt: skip
+        return cls[name]
+    raise pickle.UnpicklingError(f"checkpoint asks for getattr({cls!r}, {name!r}): only members "
+                                 f"of {[c.__name__ for c in allowed]} are allowed")  # fmt: skip
+
+
 def safe_globals() -> list:
+    """What `torch.load(weights_only=True)` may build from DeepSpeed's files besides tensors:
+    three plain DeepSpeed types, and getattr restricted to their enum's members."""
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [ZeroStageEnum, LossScaler, fragment_address]
+    return [ZeroStageEnum, LossScaler, fragment_address, (enum_member, "builtins.getattr")]
 
 
 def install_safe_loader(engine) -> None:
