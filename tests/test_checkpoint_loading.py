@@ -60,3 +60,27 @@ def test_any_other_getattr_in_a_checkpoint_is_refused(tmp_path, target):
     torch.save({"x": _ByGetattr(cls, name)}, path)
     with pytest.raises(pickle.UnpicklingError):
         _load(path)
+
+
+def test_a_relaunch_with_another_worker_count_is_refused_before_it_starts(tmp_path):
+    import json
+
+    from bsm_ray.errors import ConfigError
+    from bsm_ray.train.checkpointing import latest_local_checkpoint, saved_world_size
+    from bsm_ray.train.config import TrainConfig
+    from bsm_ray.train.launcher import check_resume_world_size
+
+    run = tmp_path / "bsm"
+    for step, ranks in ((4, 2), (8, 2)):  # the local context's layout
+        d = run / "checkpoints" / f"checkpoint_{step:08d}"
+        d.mkdir(parents=True)
+        (d / "trainer_state.json").write_text(json.dumps({"step": step}))
+        for r in range(ranks):
+            (d / f"rng_rank{r}.json").write_text("[]")
+    (run / "checkpoints" / "checkpoint_00000012").mkdir()  # incomplete: no trainer state
+    latest = latest_local_checkpoint(run)
+    assert latest.name == "checkpoint_00000008" and saved_world_size(latest) == 2
+    check_resume_world_size(TrainConfig(name="bsm", num_workers=2), str(run))  # same: fine
+    with pytest.raises(ConfigError, match=r"checkpointed by 2 worker\(s\) and this launch has 1"):
+        check_resume_world_size(TrainConfig(name="bsm", num_workers=0), str(run))
+    check_resume_world_size(TrainConfig(name="new", num_workers=1), str(tmp_path / "new"))

@@ -80,6 +80,19 @@ def save_rng(directory: Path, rank: int) -> None:
     atomic_write_text(directory / f"rng_rank{rank}.json", json.dumps(state))
 
 
+def saved_world_size(directory: Path) -> int:
+    """How many workers wrote the checkpoint in `directory` (one RNG file per rank)."""
+    return len(list(Path(directory).glob("rng_rank*.json")))
+
+
+def latest_local_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run folder (Ray Train's `checkpoint_<time>/` or the
+    local context's `checkpoints/checkpoint_<step>/`), or None."""
+    found = [d for pattern in ("checkpoint_*", "checkpoints/checkpoint_*")
+             for d in Path(run_dir).glob(pattern) if (d / TRAINER_STATE).is_file()]  # fmt: skip
+    return max(found, key=lambda d: (int(read_trainer_state(d)["step"]), d.name), default=None)
+
+
 def load_rng(directory: Path, rank: int) -> bool:
     import torch
 

@@ -135,7 +135,31 @@ def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     return result
 
 
+def check_resume_world_size(config: TrainConfig, run_dir: str) -> None:
+    """Refuse, before any worker starts, a relaunch whose worker count differs from the one
+    that wrote the run's latest checkpoint: the ZeRO optimizer partitions, RNG states and
+    streaming positions in it are per worker (DeepSpeed would fail in every worker, after
+    Ray Train's retries, with its own traceback)."""
+    from bsm_ray.errors import ConfigError
+    from bsm_ray.train.checkpointing import latest_local_checkpoint, saved_world_size
+
+    if not is_local_path(run_dir):
+        return
+    latest = latest_local_checkpoint(Path(run_dir.removeprefix("file://")))
+    if latest is None:
+        return
+    saved, now = saved_world_size(latest), max(1, config.num_workers)
+    if saved and saved != now:
+        raise ConfigError(
+            f"{latest}: run '{config.name}' was checkpointed by {saved} worker(s) and this "
+            f"launch has {now}; its optimizer partitions and data positions are per worker, so "
+            f"it resumes only with --set num_workers={saved} (or start a "
+            f"new run name from its weights with --set init_from=...)"
+        )
+
+
 def _train(config: TrainConfig, run_dir: str, callbacks: list | None) -> TrainResult:
+    check_resume_world_size(config, run_dir)
     if config.num_workers == 0:
         if config.data.streaming:
             connect_ray()
