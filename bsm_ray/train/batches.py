@@ -99,8 +99,9 @@ def window_rows(config, windows, rows, masker, step, strategy=None) -> dict[str,
 
 
 def row_labels(config, rows: dict[str, np.ndarray]) -> np.ndarray:
-    """Labels of numpy rows: MLM's masked positions, or the ids with -100 on padding (causal)."""
-    if config.objective == "mlm":
+    """Labels of numpy rows: MLM's masked positions, or the ids with -100 on padding (causal);
+    rows that already carry "labels" keep them."""
+    if config.objective == "mlm" or "labels" in rows:
         return rows["labels"]
     return np.where(rows["attention_mask"] > 0, rows["input_ids"], -100)
 

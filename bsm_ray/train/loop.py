@@ -134,25 +134,26 @@ def measure_peak_flops(device) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def _all_reduce_sum(values: list[float], device) -> list[float]:
-    import torch
+def _all_reduce(t):
+    """`t` summed over ranks in place (a no-op on one process); returns it."""
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
-    return t.tolist()
+    return t
+
+
+def _all_reduce_sum(values: list[float], device) -> list[float]:
+    import torch
+
+    return _all_reduce(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
 def _reduce_loss(loss_sum) -> float:
     """The step's loss summed over ranks (one all-reduce, the step's one host sync)."""
     import torch
-    import torch.distributed as dist
 
-    t = loss_sum.detach().to(torch.float64).reshape(1)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return float(t.item())
+    return float(_all_reduce(loss_sum.detach().to(torch.float64).reshape(1)).item())
 
 
 def _eval_sums(engine, config, ctx, val_windows, masker, device, strategy) -> list[float]:
@@ -201,7 +202,7 @@ def evaluate(engine, config, ctx, val_windows, masker, device) -> dict[str, floa
             metrics[f"val/loss/{source}"] = totals[2 * i] / totals[2 * i + 1]
     if sum(totals[1::2]):
         metrics["val/loss"] = sum(totals[0::2]) / sum(totals[1::2])
-        metrics["val/ppl"] = math.exp(min(50.0, metrics["val/loss"]))
+        metrics["val/ppl"] = _perplexity(totals)
     return metrics
 
 
@@ -483,13 +484,14 @@ class Trainer:
         lr = lr_at(config.schedule, self.step, config.max_steps)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
+        rows = {**rows, "labels": row_labels(config, rows)}  # once, for counts and tensors
         mb = config.micro_batch_rows
         micro_batches = [rows_to_tensors(config, {k: v[m * mb : (m + 1) * mb]
                                                   for k, v in rows.items()}, self.device)
                          for m in range(self.accum)]  # fmt: skip
         real = rows["attention_mask"].sum(axis=1)
         my_tokens = [float(real[rows["source"] == s].sum()) for s in self.names]
-        targets, step_tokens = count_step(row_labels(config, rows), config.objective, my_tokens,
+        targets, step_tokens = count_step(rows["labels"], config.objective, my_tokens,
                                           self.device)  # fmt: skip
         loss_sum = optimizer_step(self.engine, micro_batches, config.objective, targets,
                                   ctx.world_size)  # fmt: skip
