@@ -62,13 +62,10 @@ def test_any_other_getattr_in_a_checkpoint_is_refused(tmp_path, target):
         _load(path)
 
 
-def test_a_relaunch_with_another_worker_count_is_refused_before_it_starts(tmp_path):
+def test_the_latest_complete_checkpoint_and_its_world_size(tmp_path):
     import json
 
-    from bsm_ray.errors import ConfigError
     from bsm_ray.train.checkpointing import latest_local_checkpoint, saved_world_size
-    from bsm_ray.train.config import TrainConfig
-    from bsm_ray.train.launcher import check_resume_world_size
 
     run = tmp_path / "bsm"
     for step, ranks in ((4, 2), (8, 2)):  # the local context's layout
@@ -80,7 +77,50 @@ def test_a_relaunch_with_another_worker_count_is_refused_before_it_starts(tmp_pa
     (run / "checkpoints" / "checkpoint_00000012").mkdir()  # incomplete: no trainer state
     latest = latest_local_checkpoint(run)
     assert latest.name == "checkpoint_00000008" and saved_world_size(latest) == 2
-    check_resume_world_size(TrainConfig(name="bsm", num_workers=2), str(run))  # same: fine
-    with pytest.raises(ConfigError, match=r"checkpointed by 2 worker\(s\) and this launch has 1"):
-        check_resume_world_size(TrainConfig(name="bsm", num_workers=0), str(run))
-    check_resume_world_size(TrainConfig(name="new", num_workers=1), str(tmp_path / "new"))
+    assert latest_local_checkpoint(tmp_path / "new") is None
+
+
+def test_elastic_ranges_are_checked_against_the_batch_and_the_lanes():
+    from dataclasses import replace
+
+    from bsm_ray.train.config import DataConfig, TrainConfig
+    from bsm_ray.train.elastic import round_down
+
+    run = TrainConfig(seq_len=64, global_batch_tokens=16 * 64, micro_batch_rows=4,
+                      num_workers=[1, 4])  # fmt: skip
+    assert run.worker_range == (1, 4) and run.max_workers == 4
+    # 16 rows: 1, 2 and 4 workers take 4-row micro-batches; 3 do not
+    assert run.check_world_sizes() == [1, 2, 4]
+    assert "16 rows per step do not split into 3 workers" in run.size_problem(3)
+    assert [round_down(n, [1, 2, 4]) for n in range(6)] == [0, 1, 2, 2, 4, 4]
+    with pytest.raises(ValueError, match="16 rows per step do not split into 3 workers"):
+        replace(run, num_workers=3).check_world_sizes()  # a fixed size must fit
+    with pytest.raises(ValueError, match=r"num_workers \[3, 3\]|can take none"):
+        TrainConfig(seq_len=64, global_batch_tokens=16 * 64, micro_batch_rows=4,
+                    num_workers=[5, 7]).check_world_sizes()  # fmt: skip
+    streamed = TrainConfig(seq_len=64, global_batch_tokens=12 * 64, micro_batch_rows=2,
+                           num_workers=[1, 3], data=DataConfig(streaming=True))  # fmt: skip
+    assert streamed.lanes == 3
+    # 2 workers would split the batch but not the 3 lanes
+    assert "do not split into the 3 stream lanes" in streamed.size_problem(2)
+    assert streamed.check_world_sizes() == [1, 3]
+    assert TrainConfig(num_workers=[2, 2]).num_workers == 2  # a range of one size is an int
+    for wrong in ([2, 1], [0, 2], [1, 2, 3]):
+        with pytest.raises(ValueError, match="num_workers"):
+            TrainConfig(num_workers=wrong)
+
+
+def test_the_elastic_policy_picks_the_largest_size_the_run_takes():
+    """Ray Train's elastic policy counts the workers the nodes hold; ours rounds that down to a
+    size the run takes, and waits below the smallest."""
+    from ray.train import ScalingConfig
+
+    from bsm_ray.train.elastic import SizedElasticPolicy
+
+    config = ScalingConfig(num_workers=(2, 8), resources_per_worker={"CPU": 1})
+    policy = SizedElasticPolicy(config, [2, 4, 8])
+    nodes = {"a": {"CPU": 3.0}, "b": {"CPU": 4.0}}  # room for 7 workers
+    assert super(SizedElasticPolicy, policy)._count_possible_workers(nodes) == 7  # Ray's count
+    assert policy._count_possible_workers(nodes) == 4
+    assert policy._count_possible_workers({"a": {"CPU": 1.0}}) == 0  # below min: it waits
+    assert policy._count_possible_workers({"a": {"CPU": 16.0}}) == 8

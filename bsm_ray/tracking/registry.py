@@ -55,8 +55,12 @@ def registered_name(model_preset: str, override: str | None = None) -> str:
 
 
 def weights_sha256(model_dir: str | Path) -> str | None:
-    path = Path(model_dir) / "model.safetensors"
-    return sha256_file(path) if path.is_file() else None
+    """Of a model folder's weights, or of a training checkpoint's exported final_model/."""
+    for path in (Path(model_dir) / "model.safetensors",
+                 Path(model_dir) / "final_model" / "model.safetensors"):  # fmt: skip
+        if path.is_file():
+            return sha256_file(path)
+    return None
 
 
 def find_by_weights(mlflow_client, sha: str | None) -> str | None:

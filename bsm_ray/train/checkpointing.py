@@ -7,7 +7,7 @@ A checkpoint directory holds:
   DeepSpeed's loader, allowing only the three plain DeepSpeed data types its files contain
   (and getattr only for the members of its ZeRO stage enum, see `enum_member`).
 - `trainer_state.json` (rank 0): the step, the data position (mixture plan state), the masking
-  schedule state, the config name.
+  schedule state, the config name, the world size that wrote it.
 - `rng_rank<r>.json` (every rank): that rank's torch RNG state (dropout), as a list of bytes.
 - `final_model/` (end of run, rank 0): the model in Hugging Face format (safetensors) and its
   tokenizer, loadable with `from_pretrained` without our code.
@@ -17,6 +17,7 @@ Imports torch and deepspeed lazily (only the training engine uses them).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -80,9 +81,25 @@ def save_rng(directory: Path, rank: int) -> None:
     atomic_write_text(directory / f"rng_rank{rank}.json", json.dumps(state))
 
 
+def seed_rng(seed: int, step: int, rank: int) -> None:
+    """Per-rank RNG (dropout) as a function of (seed, step, rank): what a rank without its own
+    saved state (a resume at another world size) starts from."""
+    import torch
+
+    torch.manual_seed(int.from_bytes(
+        hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()[:8], "little"))  # fmt: skip
+
+
 def saved_world_size(directory: Path) -> int:
     """How many workers wrote the checkpoint in `directory` (one RNG file per rank)."""
     return len(list(Path(directory).glob("rng_rank*.json")))
+
+
+def is_training_checkpoint(path: str | Path) -> bool:
+    """A checkpoint folder of a training run (DeepSpeed state with the optimizer, and the
+    trainer state), as opposed to an exported model folder."""
+    path = Path(str(path).removeprefix("file://"))
+    return (path / TRAINER_STATE).is_file() and (path / STATE_TAG).is_dir()
 
 
 def latest_local_checkpoint(run_dir: Path) -> Path | None:

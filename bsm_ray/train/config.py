@@ -32,6 +32,11 @@ class DataConfig:
     """Streaming MLM: masking actors per worker."""
     stream_cpus: float = 1.0
     """Streaming: CPUs reserved by each read task and masking actor."""
+    stream_lanes: int | None = None
+    """Streaming: the run's streams per source, fixed for the whole run whatever its world size
+    (each worker streams lanes/world_size of them; `bsm_ray.train.streaming`). None: the
+    largest worker count (`num_workers`, or its max). Every world size the run can take must
+    divide it."""
 
 
 @dataclass
@@ -95,10 +100,24 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the model (DeepSpeed `engine.compile()`)."""
     seed: int = 0
-    num_workers: int = 2
-    """Ray Train workers; 0 runs the loop in this process without Ray."""
+    num_workers: int | list[int] = 2
+    """Ray Train workers; 0 runs the loop in this process without Ray. `[min, max]`: an elastic
+    run (Ray Train's elastic policy): it starts once `min` workers fit, asks for `max`, and
+    restarts from its last checkpoint at whatever size the cluster gives after a worker is lost
+    or resources change. The global batch stays `global_batch_tokens`; accumulation is derived
+    from the size of the moment."""
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each worker needs besides its CPUs (and GPU), e.g. {spot_slot: 1}
+    to place workers only on nodes that advertise the resource."""
+    elastic_resize_interval_s: float = 60.0
+    """Elastic runs: how often Ray Train looks for more resources to grow the worker group
+    (ScalingConfig.elastic_resize_monitor_interval_s)."""
+    stop_at_step: int | None = None
+    """End this launch after this step, with a checkpoint, keeping the schedule of `max_steps`;
+    a relaunch of the same run continues from it (a run trained in segments: queue slots,
+    moving it to another cluster or size)."""
     eval_every: int = 10
     checkpoint_every: int = 10
     """Steps between checkpoints (a checkpoint is also written at the end)."""
@@ -131,6 +150,63 @@ class TrainConfig:
             raise ValueError(f"zero_stage must be 0..3, got {self.zero_stage}")
         if self.max_steps <= 0 or self.micro_batch_rows <= 0 or self.seq_len <= 1:
             raise ValueError("max_steps, micro_batch_rows and seq_len must be positive")
+        if isinstance(self.num_workers, list | tuple):
+            low, high = (list(self.num_workers) + [None, None])[:2]
+            if (len(self.num_workers) != 2 or not all(isinstance(x, int) for x in (low, high))
+                    or not 1 <= low <= high):  # fmt: skip
+                raise ValueError(f"num_workers: an int or [min, max] with 1 <= min <= max, got "
+                                 f"{self.num_workers}")  # fmt: skip
+            self.num_workers = int(low) if low == high else [int(low), int(high)]
+        elif self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(min, max) workers; (0, 0) runs in this process."""
+        if isinstance(self.num_workers, list):
+            return self.num_workers[0], self.num_workers[1]
+        return self.num_workers, self.num_workers
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers the run can have (1 for an in-process run)."""
+        return max(1, self.worker_range[1])
+
+    @property
+    def lanes(self) -> int:
+        """Streams per source of a streaming run (`data.stream_lanes`, or the max workers)."""
+        return self.data.stream_lanes or self.max_workers
+
+    def size_problem(self, size: int) -> str | None:
+        """Why the run cannot take `size` workers (its batch layout, its stream lanes), or
+        None when it can."""
+        try:
+            rows, _ = self.batch_layout(size)
+        except ValueError as exc:
+            return str(exc)
+        if self.data.streaming and (self.lanes % size or rows % self.lanes):
+            return (f"{size} workers and {rows} rows per step do not split into the "
+                    f"{self.lanes} stream lanes")  # fmt: skip
+        return None
+
+    def world_sizes(self) -> list[int]:
+        """The worker counts in `num_workers`'s range that the run can take."""
+        low, high = self.worker_range
+        return [n for n in range(max(1, low), max(1, high) + 1) if self.size_problem(n) is None]
+
+    def check_world_sizes(self) -> list[int]:
+        """The sizes the run can take (an elastic run takes only those; `bsm_ray.train.elastic`
+        rounds the cluster's count down to one). Raises ValueError, saying why, when a fixed
+        size cannot be taken or no size of a range can."""
+        sizes = self.world_sizes()
+        low, high = self.worker_range
+        if low == high and not sizes:
+            raise ValueError(self.size_problem(max(1, low)))
+        if not sizes:
+            why = "; ".join(f"{n}: {self.size_problem(n)}" for n in range(low, high + 1))
+            raise ValueError(f"num_workers {self.num_workers}: the run can take none of these "
+                             f"sizes ({why})")  # fmt: skip
+        return sizes
 
     @property
     def trained_mix(self) -> dict[str, float]:

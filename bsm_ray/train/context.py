@@ -134,8 +134,11 @@ class LocalContext(TrainContext):
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
-        found = sorted(self._ckpt_root.glob("checkpoint_*")) if self._ckpt_root.exists() else []
-        yield found[-1] if found else None
+        """The run's newest complete checkpoint, its own or one Ray Train wrote (a run that
+        moves between Ray workers and this process continues either way)."""
+        from bsm_ray.train.checkpointing import latest_local_checkpoint
+
+        yield latest_local_checkpoint(self._run_dir)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         record = dict(metrics)
@@ -205,12 +208,21 @@ class RayTrainContext(TrainContext):
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
+        """Ray Train's latest checkpoint of the run, or a newer one a launch in this process
+        wrote into the same (local) run folder."""
+        from bsm_ray.train.checkpointing import latest_local_checkpoint, read_trainer_state
+
         checkpoint = self._ray_train.get_checkpoint()
+        local = latest_local_checkpoint(self.run_dir) if self.run_dir is not None else None
         if checkpoint is None:
-            yield None
+            yield local
             return
         with checkpoint.as_directory() as directory:
-            yield Path(directory)
+            if local is not None and (int(read_trainer_state(local)["step"])
+                                      > int(read_trainer_state(Path(directory))["step"])):
+                yield local
+            else:
+                yield Path(directory)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         from ray.train import Checkpoint

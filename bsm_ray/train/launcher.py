@@ -4,9 +4,11 @@ With Ray: one Ray Dataset of token windows per source and split is handed to the
 worker reads all rows and takes its slice of the global plan, so `datasets_to_split=[]`); with
 `data.streaming` only the validation windows are, and each worker streams its own train rows
 (bsm_ray.train.streaming);
-`ScalingConfig` from the config; `RunConfig(name, storage_path)` with `FailureConfig` and
-`CheckpointConfig`. A fresh launch with the same name and storage resumes from the latest
-checkpoint (Ray Train V2), and a failed worker group restarts from it, up to `max_failures`.
+`ScalingConfig` from the config (`num_workers: [min, max]` selects Ray Train's elastic
+policy); `RunConfig(name, storage_path)` with `FailureConfig` and `CheckpointConfig`. A fresh
+launch with the same name and storage resumes from the latest checkpoint (Ray Train V2), at any
+worker count (`bsm_ray.train.universal`), and a failed worker group restarts from it, up to
+`max_failures`, with as many workers as the cluster has then when the run is elastic.
 
 Imports ray only when launching with workers.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bsm_ray.config import from_dict, to_dict
+from bsm_ray.log import get_logger
 from bsm_ray.storage import require_durable
 from bsm_ray.tracking.config import resolve_tracking_uri
 from bsm_ray.train.config import TrainConfig
@@ -30,6 +33,8 @@ from bsm_ray.train.context import (
     is_local_path,
 )
 from bsm_ray.train.loop import train_loop
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -135,31 +140,36 @@ def launch(config: TrainConfig, callbacks: list | None = None) -> TrainResult:
     return result
 
 
-def check_resume_world_size(config: TrainConfig, run_dir: str) -> None:
-    """Refuse, before any worker starts, a relaunch whose worker count differs from the one
-    that wrote the run's latest checkpoint: the ZeRO optimizer partitions, RNG states and
-    streaming positions in it are per worker (DeepSpeed would fail in every worker, after
-    Ray Train's retries, with its own traceback)."""
-    from bsm_ray.errors import ConfigError
-    from bsm_ray.train.checkpointing import latest_local_checkpoint, saved_world_size
+def _run_lanes(config: TrainConfig, run_dir: str) -> TrainConfig:
+    """A streaming run's lanes are fixed at its start: a relaunch without `data.stream_lanes`
+    takes them from its latest checkpoint (the workers do the same where storage is remote)."""
+    if not config.data.streaming or config.data.stream_lanes or not is_local_path(run_dir):
+        return config
+    from bsm_ray.train.checkpointing import latest_local_checkpoint, read_trainer_state
 
-    if not is_local_path(run_dir):
-        return
     latest = latest_local_checkpoint(Path(run_dir.removeprefix("file://")))
-    if latest is None:
-        return
-    saved, now = saved_world_size(latest), max(1, config.num_workers)
-    if saved and saved != now:
-        raise ConfigError(
-            f"{latest}: run '{config.name}' was checkpointed by {saved} worker(s) and this "
-            f"launch has {now}; its optimizer partitions and data positions are per worker, so "
-            f"it resumes only with --set num_workers={saved} (or start a "
-            f"new run name from its weights with --set init_from=...)"
-        )
+    lanes = read_trainer_state(latest).get("lanes") if latest is not None else None
+    if not lanes:
+        return config
+    data = {**to_dict(config.data), "stream_lanes": int(lanes)}
+    return from_dict(TrainConfig, {**to_dict(config), "data": data})
 
 
 def _train(config: TrainConfig, run_dir: str, callbacks: list | None) -> TrainResult:
-    check_resume_world_size(config, run_dir)
+    config = _run_lanes(config, run_dir)
+    try:  # a size the batch cannot take fails here, not in every worker
+        sizes = config.check_world_sizes()
+    except ValueError as exc:
+        from bsm_ray.errors import ConfigError
+
+        raise ConfigError(str(exc)) from None
+    low, high = config.worker_range
+    if low != high:
+        skipped = sorted(set(range(low, high + 1)) - set(sizes))
+        logger.info(f"elastic run: {low} to {high} workers, at the sizes the global batch takes "
+                    f"({', '.join(map(str, sizes))})"
+                    + (f"; a cluster with room for {skipped} runs the next size down"
+                       if skipped else ""))  # fmt: skip
     if config.num_workers == 0:
         if config.data.streaming:
             connect_ray()
@@ -173,7 +183,8 @@ def _train(config: TrainConfig, run_dir: str, callbacks: list | None) -> TrainRe
     # default) and a worker's report waits for that poll; poll faster unless set by the user.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+
+    from bsm_ray.train.elastic import ElasticTorchTrainer
 
     connect_ray()
     if config.data.streaming:  # a source without rows fails here, not in every worker
@@ -181,12 +192,15 @@ def _train(config: TrainConfig, run_dir: str, callbacks: list | None) -> TrainRe
         from bsm_ray.train.streaming import stream_units
 
         stream_units(config, source_names(config))
-    trainer = TorchTrainer(
-        _worker_entry,
+    trainer = ElasticTorchTrainer(
+        _worker_entry, sizes=sizes,
         train_loop_config=to_dict(config),
         scaling_config=ScalingConfig(
-            num_workers=config.num_workers, use_gpu=config.use_gpu,
-            resources_per_worker={"CPU": config.cpus_per_worker},
+            num_workers=(config.num_workers if isinstance(config.num_workers, int)
+                         else tuple(config.worker_range)),
+            use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker, **config.worker_resources},
+            elastic_resize_monitor_interval_s=config.elastic_resize_interval_s,
         ),
         run_config=RunConfig(
             name=config.name, storage_path=config.storage_path,

@@ -59,9 +59,12 @@ from bsm_ray.train.batches import (
 from bsm_ray.train.checkpointing import (
     STATE_TAG,
     install_safe_loader,
+    is_training_checkpoint,
     load_rng,
     read_trainer_state,
     save_rng,
+    saved_world_size,
+    seed_rng,
     write_trainer_state,
 )
 from bsm_ray.train.config import TrainConfig
@@ -149,6 +152,16 @@ def _all_reduce_sum(values: list[float], device) -> list[float]:
     return _all_reduce(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
 
+def _all_reduce_max(value: float, device) -> float:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def _reduce_loss(loss_sum) -> float:
     """The step's loss summed over ranks (one all-reduce, the step's one host sync)."""
     import torch
@@ -233,7 +246,8 @@ def observe_curriculum(engine, config, ctx, val_windows, masker, device, step: i
 
 
 def build_engine(config: TrainConfig, world_size: int, device):
-    """The model (fresh from its preset, or `init_from`), AdamW and the DeepSpeed engine, with
+    """The model (fresh from its preset, or `init_from` when that is a model folder; a training
+    checkpoint is loaded into the engine by `Trainer`), AdamW and the DeepSpeed engine, with
     the fast path where the device has it: bf16 and fused AdamW on CUDA, flash-attn or SDPA
     (`config.attention` overrides), `torch.compile` when `config.compile`.
     Returns (engine, attention implementation, why)."""
@@ -247,7 +261,7 @@ def build_engine(config: TrainConfig, world_size: int, device):
     else:
         attn, attn_reason = config.attention, "set by the config"
     use_bf16 = device.type == "cuda"
-    if config.init_from:
+    if config.init_from and not is_training_checkpoint(config.init_from):
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
         cls = AutoModelForCausalLM if preset.family == "bsm" else AutoModelForMaskedLM
@@ -394,6 +408,9 @@ class Trainer:
         self.plan = MixturePlan(weights, num_rows, seed=config.seed)
         self.masker = Masker(config) if config.objective == "mlm" else None
         self.step, self._stream_positions = 0, None
+        self.resize: dict[str, Any] | None = None
+        self.init_state: dict[str, Any] | None = None
+        self.lanes = config.lanes
         self.resumed_from = self._resume()
         self.streams = self._streams(units) if config.data.streaming else None
         num_params = count_parameters(self.preset)
@@ -414,27 +431,107 @@ class Trainer:
             self.tracker,
         ) if h is not None]  # fmt: skip
         self.tokens_by_source = {s: 0.0 for s in self.names}
+        if self.tracker is not None and self.resize is not None:
+            r = self.resize
+            self.tracker.logger.set_tags({f"bsm_ray.resize.step_{r['step']}":
+                                          f"{r['from']} -> {r['to']} workers, conversion "
+                                          f"{r['convert_s']:.1f} s"})  # fmt: skip
 
     def _resume(self) -> int | None:
         """Load the latest checkpoint, if any: engine, step, plan position, curriculum, RNG
-        (and, streaming, this rank's stream positions). Returns the step resumed at."""
+        (and, streaming, the stream positions of this rank's lanes). A checkpoint written by
+        another world size loads through DeepSpeed's universal format (`_load_resized`).
+        Returns the step resumed at."""
         with self.ctx.latest_checkpoint() as checkpoint:
             if checkpoint is None:
+                self._init_from_checkpoint()
                 return None
-            self.engine.load_checkpoint(str(checkpoint), tag=STATE_TAG)
             state = read_trainer_state(checkpoint)
             self.step = int(state["step"])
+            if self._load_engine_state(checkpoint, state):
+                load_rng(checkpoint, self.ctx.rank)
+            else:  # per-rank state is re-derived from (seed, step, rank) at a new size
+                seed_rng(self.config.seed, self.step, self.ctx.rank)
             self.plan.state = MixState.from_dict(state["mix"])
             schedule = self.masker.schedule if self.masker is not None else None
             if schedule is not None and state.get("curriculum"):
                 schedule.load_state_dict(state["curriculum"])
-            load_rng(checkpoint, self.ctx.rank)
             if self.config.data.streaming:
                 from bsm_ray.train.streaming import load_positions
 
-                self._stream_positions = load_positions(checkpoint, self.ctx.rank,
+                if self.config.data.stream_lanes is None:  # the run's lanes, from its start
+                    self.lanes = int(state.get("lanes") or self.lanes)
+                self._stream_positions = load_positions(checkpoint, self.lanes, self.ctx.rank,
                                                         self.ctx.world_size)  # fmt: skip
             return self.step
+
+    def _load_engine_state(self, checkpoint: Path, state: dict) -> bool:
+        """Weights, optimizer moments and step from `checkpoint` into the engine: directly when
+        it was written by this world size (True), else through the universal format."""
+        saved = int(state.get("world_size") or saved_world_size(checkpoint))
+        if saved == self.ctx.world_size or self.config.zero_stage == 0:
+            self.engine.load_checkpoint(str(checkpoint), tag=STATE_TAG)  # the fast path
+            return True
+        self.resize = self._load_resized(checkpoint, saved)
+        if self.ctx.is_rank0 and self.step:
+            logger.info(f"resize at step {self.step}: {saved} -> {self.ctx.world_size} workers")
+        return False
+
+    def _init_from_checkpoint(self) -> None:
+        """A fresh run whose `init_from` is a training checkpoint (an annealing trial from the
+        round's checkpoint) starts from its weights and AdamW moments, at this run's own world
+        size; its step, data position and schedule are its own."""
+        init = self.config.init_from
+        if not init or not is_training_checkpoint(init):
+            return
+        checkpoint = Path(init.removeprefix("file://"))
+        state = read_trainer_state(checkpoint)
+        if state.get("model") not in (None, self.config.model):
+            from bsm_ray.errors import ConfigError
+
+            raise ConfigError(f"{checkpoint}: a {state['model']} checkpoint; this run trains "
+                              f"{self.config.model}")  # fmt: skip
+        self._load_engine_state(checkpoint, state)
+        self.resize = None  # a start from another run is not a resize of this one
+        seed_rng(self.config.seed, 0, self.ctx.rank)
+        self.init_state = {"checkpoint": str(checkpoint), "step": int(state["step"])}
+        if self.ctx.is_rank0:
+            logger.info(f"started from {checkpoint} (step {state['step']}) with its optimizer "
+                        f"state (AdamW moments)")
+
+    def _load_resized(self, checkpoint: Path, saved: int) -> dict[str, Any]:
+        """Load a checkpoint written by `saved` workers into this world size: the first worker
+        of each node converts it to DeepSpeed's universal format in a node-local folder, then
+        every worker loads its new partitions (weights, Adam moments, step). Returns what the
+        resize was (step, sizes, seconds), which rank 0 prints and the run is tagged with."""
+        import hashlib
+        import shutil
+        import tempfile
+
+        import torch.distributed as dist
+
+        from bsm_ray.train.universal import convert_to_universal, load_universal
+
+        key = hashlib.sha256(f"{Path(checkpoint).resolve()}:{self.step}".encode()).hexdigest()
+        out = Path(tempfile.gettempdir()) / f"bsm-universal-{key[:16]}"
+        t0 = time.perf_counter()
+        convert_s = convert_to_universal(checkpoint, out) if self.ctx.local_rank == 0 else 0.0
+        if dist.is_initialized():
+            dist.barrier()
+        load_universal(self.engine, out)
+        if dist.is_initialized():
+            dist.barrier()
+        if self.ctx.local_rank == 0:
+            shutil.rmtree(out, ignore_errors=True)
+        resize = {"step": self.step, "from": saved, "to": self.ctx.world_size,
+                  "convert_s": _all_reduce_max(convert_s, self.device),
+                  "resume_s": time.perf_counter() - t0}  # fmt: skip
+        if self.ctx.is_rank0:
+            logger.info(f"{checkpoint}: written by {saved} worker(s), loaded into "
+                        f"{self.ctx.world_size}: universal checkpoint conversion "
+                        f"{resize['convert_s']:.1f} s, loaded in {resize['resume_s']:.1f} s "
+                        f"(ZeRO-{self.config.zero_stage} partitions and AdamW moments)")
+        return resize
 
     def _streams(self, units):
         from bsm_ray.train.streaming import WorkerStreams
@@ -444,8 +541,8 @@ class Trainer:
             cm_step = self.config.masking.strategy == "cm_step"
             phase = "cm_step" if cm_step else self.masker.strategy(self.step)
         return WorkerStreams(self.config, units, self.ctx.rank, self.ctx.world_size,
-                             self.per_rank, self.step, phase,
-                             self._stream_positions)  # fmt: skip
+                             self.per_rank, self.step, phase, self._stream_positions,
+                             self.lanes)  # fmt: skip
 
     def train(self) -> dict[str, Any]:
         """Train to `max_steps`; return the final metrics."""
@@ -455,7 +552,7 @@ class Trainer:
         # Step time runs from the end of one step to the end of the next, so tokens/s includes
         # everything between steps (batch building, evaluation, checkpoints, reporting).
         self.t0 = time.perf_counter()
-        while self.step < self.config.max_steps:
+        while self.step < self.end_step:
             metrics = self.train_step(self.next_batch())
             self.maybe_evaluate(metrics)
             self.maybe_checkpoint(metrics)
@@ -508,6 +605,7 @@ class Trainer:
             "step": self.step,
             "train/loss": loss_total / max(targets, 1.0),  # per target token
             "train/lr": lr,
+            "train/world_size": ctx.world_size,
             "train/tokens_per_s": tokens_per_s,
             "train/mfu": tokens_per_s * self.flops_per_token / self.peak,
             **{f"data/mix/{s}": n / total_tokens for s, n in self.tokens_by_source.items()},
@@ -527,6 +625,12 @@ class Trainer:
     def is_last(self) -> bool:
         return self.step == self.config.max_steps
 
+    @property
+    def end_step(self) -> int:
+        """Where this launch stops: `max_steps`, or `stop_at_step` when that comes first."""
+        stop = self.config.stop_at_step
+        return self.config.max_steps if stop is None else min(stop, self.config.max_steps)
+
     def maybe_evaluate(self, metrics: dict[str, Any]) -> None:
         """Validation metrics at `eval_every` and at the last step, then the hooks'."""
         if self.step % self.config.eval_every and not self.is_last:
@@ -542,7 +646,8 @@ class Trainer:
         evaluations and checkpoints: each report waits for the Train controller's next poll,
         so a report per step would cap the step rate. The rule is the same on every rank."""
         config, step = self.config, self.step
-        checkpointing = step % config.checkpoint_every == 0 or self.is_last
+        checkpointing = (step % config.checkpoint_every == 0 or self.is_last
+                         or step == self.end_step)
         reporting = checkpointing or step % config.eval_every == 0
         for hook in self.hooks:
             hook.before_report(self, metrics, flush=reporting)
@@ -582,6 +687,8 @@ def _save_checkpoint(engine, ctx, config, step, plan, masker, final: bool, probe
             "curriculum": masker.schedule.state_dict() if masker and masker.schedule else None,
             "name": config.name,
             "model": config.model,
+            "world_size": ctx.world_size,
+            "lanes": streams.lanes if streams is not None else None,
         })  # fmt: skip
     if final:
         diff = export_model(engine, ctx, config, directory / "final_model", probe)
@@ -656,7 +763,7 @@ class Trace:
         self.path = run_dir / "trace" / f"rank{ctx.rank}.jsonl"
         self.curriculum_path = run_dir / "trace" / f"curriculum_rank{ctx.rank}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.pid = os.getpid()
+        self.pid, self.world_size = os.getpid(), ctx.world_size
 
     def write(self, step: int, loss: float, rows: dict[str, np.ndarray], names: list[str],
               strategy: str | None = None) -> None:  # fmt: skip
@@ -664,7 +771,7 @@ class Trace:
         MLM rows also the masking strategies used."""
         real = rows["attention_mask"].sum(axis=1)
         line = {
-            "pid": self.pid, "step": step, "loss": loss,
+            "pid": self.pid, "world_size": self.world_size, "step": step, "loss": loss,
             "rows": [[str(s), int(r)] for s, r in zip(rows["source"], rows["row_id"], strict=True)],
             "tokens": {s: int(real[rows["source"] == s].sum()) for s in names},
         }  # fmt: skip

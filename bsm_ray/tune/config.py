@@ -31,6 +31,11 @@ class BaseConfig:
     end_lr: float = 3e-4
     num_workers: int = 0
     """Workers of the base run; 0 runs it in this process (real DeepSpeed, no Train start-up)."""
+    optimizer_state: bool | None = None
+    """Trials start from the base's AdamW moments as well as its weights, continuing the round
+    as the paper's annealing does (at each trial's own world size). None: when the base is a
+    training checkpoint (or a run folder with one, or the base run); a model folder or a
+    registry version has weights only."""
 
 
 @dataclass

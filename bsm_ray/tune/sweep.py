@@ -33,6 +33,11 @@ from bsm_ray.config import dump_yaml, from_dict, load_config, to_dict
 from bsm_ray.errors import BsmRayError, ConfigError
 from bsm_ray.fileio import atomic_write_text
 from bsm_ray.log import get_logger
+from bsm_ray.train.checkpointing import (
+    is_training_checkpoint,
+    latest_local_checkpoint,
+    read_trainer_state,
+)
 from bsm_ray.train.config import TrainConfig
 from bsm_ray.train.context import read_metrics
 from bsm_ray.tune.config import AnnealConfig, SweepSpec
@@ -92,7 +97,7 @@ def trial_concurrency(config: AnnealConfig, resources: dict[str, float]) -> int:
     if config.max_concurrent > 0:
         return config.max_concurrent
     train = config.train
-    workers = max(1, train.num_workers)
+    workers = train.max_workers
     n = int(resources.get("CPU", 0) // (workers * train.cpus_per_worker))
     if train.use_gpu:
         n = min(n, int(resources.get("GPU", 0) // workers))
@@ -107,20 +112,49 @@ def trial_concurrency(config: AnnealConfig, resources: dict[str, float]) -> int:
 
 
 def resolve_base(config: AnnealConfig, sweep_dir: Path) -> Path:
-    """The Hugging Face model folder every trial starts from."""
+    """What every trial starts from: a training checkpoint (weights and AdamW moments) when the
+    base has one and `base.optimizer_state` allows it, else a Hugging Face model folder. Says
+    which."""
     path = config.base.path
     if path is None:
-        return _train_base(config, sweep_dir)
-    if path.startswith("models:/"):
+        found = _train_base(config, sweep_dir)
+    elif path.startswith("models:/"):
         from bsm_ray.tracking.runs import download_model
 
-        path = str(download_model(config.tracking, path, sweep_dir / "base_download"))
+        found = download_model(config.tracking, path, sweep_dir / "base_download")
+    else:
+        found = Path(path).expanduser().resolve()
+    checkpoint = _training_checkpoint(found)
+    want = config.base.optimizer_state
+    if checkpoint is not None and want is not False:
+        step = read_trainer_state(checkpoint)["step"]
+        logger.info(f"trials start from {checkpoint} (step {step}) with its optimizer state: "
+                    f"weights and AdamW moments, continuing the round")  # fmt: skip
+        return checkpoint
+    if want:
+        raise ConfigError(f"base.optimizer_state: true, but {found} holds no training "
+                          f"checkpoint (a model folder or a registry version has weights only)")
     from bsm_ray.train.export import find_model_dir
 
     try:
-        return find_model_dir(path)
+        model = find_model_dir(found)
     except BsmRayError as exc:
         raise ConfigError(f"base.path {exc}") from exc
+    why = ("base.optimizer_state: false" if checkpoint is not None
+           else "the base has no optimizer state")  # fmt: skip
+    logger.info(f"trials start from the weights of {model} with fresh AdamW moments ({why})")
+    return model
+
+
+def _training_checkpoint(path: Path) -> Path | None:
+    """`path` if it is a training checkpoint, the newest one in it if it is a run folder (or a
+    checkpoint's final_model/ inside one), else None."""
+    path = Path(path)
+    if path.name == "final_model" and is_training_checkpoint(path.parent):
+        return path.parent
+    if is_training_checkpoint(path):
+        return path
+    return latest_local_checkpoint(path) if path.is_dir() else None
 
 
 def _train_base(config: AnnealConfig, sweep_dir: Path) -> Path:
