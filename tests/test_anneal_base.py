@@ -46,3 +46,29 @@ def test_base_from_a_registry_uri(tmp_path):
                                       "tracking": {"uri": uri}})  # fmt: skip
     with pytest.raises(ConfigError, match="cannot fetch it from the registry"):
         resolve_base(config, tmp_path / "sweep2")
+
+
+def test_base_with_optimizer_state_is_the_checkpoint_unless_told_otherwise(tmp_path, capsys):
+    """A training checkpoint (DeepSpeed state + trainer state) is what trials start from by
+    default, so they get its AdamW moments; `base.optimizer_state: false` takes its weights
+    only, and `true` without a checkpoint is an error."""
+    run = tmp_path / "round1"
+    old, new = run / "checkpoint_2026-01", run / "checkpoint_2026-02"
+    for step, ckpt in ((10, old), (20, new)):
+        _model_dir(ckpt / "final_model")
+        (ckpt / "state").mkdir()
+        (ckpt / "trainer_state.json").write_text(json.dumps({"step": step}))
+    for given in (run, new, new / "final_model"):
+        config = from_dict(AnnealConfig, {"base": {"path": str(given)}})
+        assert resolve_base(config, tmp_path / "sweep") == new
+    assert f"trials start from {new} (step 20) with its optimizer state" in capsys.readouterr().out
+    config = from_dict(AnnealConfig, {"base": {"path": str(run), "optimizer_state": False}})
+    assert resolve_base(config, tmp_path / "sweep") == new / "final_model"
+    assert "fresh AdamW moments (base.optimizer_state: false)" in capsys.readouterr().out
+    model = _model_dir(tmp_path / "exported")
+    config = from_dict(AnnealConfig, {"base": {"path": str(model), "optimizer_state": True}})
+    with pytest.raises(ConfigError, match="holds no training checkpoint"):
+        resolve_base(config, tmp_path / "sweep")
+    config = from_dict(AnnealConfig, {"base": {"path": str(model)}})
+    assert resolve_base(config, tmp_path / "sweep") == model
+    assert "the base has no optimizer state" in capsys.readouterr().out

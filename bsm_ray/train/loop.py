@@ -22,8 +22,9 @@ step, so the schedule has no state. fp32 on CPU, bf16 on GPU.
 Side concerns are hooks (`TrainerHook`): the MLflow logger, the CM-GEMS switch and the trace
 lines; the step itself has no branch for them.
 
-Metrics (namespaced): train/loss, train/lr, train/tokens_per_s, train/mfu, train/grad_norm
-(ZeRO 1-3), val/loss/<source>, val/loss, val/ppl, data/mix/<source> (realized fraction of real
+Metrics (namespaced): train/loss, train/lr, train/world_size, train/tokens_per_s, train/mfu,
+train/grad_norm (ZeRO 1-3), resize/{from,to,convert_s,load_s} (the first step after a
+resize), val/loss/<source>, val/loss, val/ppl, data/mix/<source> (realized fraction of real
 tokens, all workers), data/repeats/<source>; MLM: mask/strategy_global; CM-GEMS:
 curriculum/ppl, curriculum/<rule>_drop, mask/switch_step.
 
@@ -611,6 +612,10 @@ class Trainer:
             **{f"data/mix/{s}": n / total_tokens for s, n in self.tokens_by_source.items()},
             **{f"data/repeats/{s}": n for s, n in repeats.items()},
         }  # fmt: skip
+        if self.resize is not None and self.step == self.resize["step"] + 1:
+            metrics.update({"resize/from": self.resize["from"], "resize/to": self.resize["to"],
+                            "resize/convert_s": self.resize["convert_s"],
+                            "resize/load_s": self.resize["resume_s"]})  # fmt: skip
         grad_norm = self.engine.get_global_grad_norm()  # ZeRO 1-3 (before clipping); None at 0
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
