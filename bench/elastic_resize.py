@@ -124,7 +124,8 @@ def main() -> int:
         "launch_to_first_resumed_step_s": (stamps[args.stop + 1] - t0
                                            if args.stop + 1 in stamps else None),
         "uninterrupted_run_s": uninterrupted_s, "stopped_run_s": stopped_s,
-        "resumed_run_s": resumed_s, "steps_table": rows, "machine": harness.machine_info(["torch", "deepspeed", "ray"]),
+        "resumed_run_s": resumed_s, "steps_table": rows,
+        "machine": harness.machine_info(["torch", "deepspeed", "ray"]),
     }  # fmt: skip
     tmp = args.out / f".{RESULT_NAME}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(report, indent=2))
