@@ -187,3 +187,30 @@ def test_no_credentials_in_cluster_files(path):
     text = path.read_text()
     for pattern in SECRET_PATTERNS:
         assert not re.search(pattern, text), (path.name, pattern)
+
+
+def test_round_configs_are_elastic_within_what_the_clusters_hold():
+    """The paper rounds run `num_workers: [min, max]`, one worker per GPU: the 8-GPU node types
+    hold exactly max (on demand + spot), the on-demand nodes alone hold min (a spot reclaim
+    never takes a round below it), KubeRay's 8-GPU group holds max, and every size the rounds
+    take is a whole number of 8-GPU nodes."""
+    from bsm_ray.config import load_config
+    from bsm_ray.train.config import TrainConfig
+
+    configs = CLUSTER.parent / "jobs" / "configs"
+    rounds = [load_config(TrainConfig, configs / f"bsm_round{n}.yaml") for n in (1, 2, 3)]
+    ranges = {r.worker_range for r in rounds}
+    assert len(ranges) == 1
+    (low, high), = ranges
+    assert low < high
+    for r in rounds:
+        sizes = r.check_world_sizes()
+        assert sizes[0] == low and sizes[-1] == high and all(n % 8 == 0 for n in sizes)
+    for path in LAUNCHER_CONFIGS:
+        types = _load(path)["available_node_types"]
+        assert types["gpu-8xh100-ondemand"]["max_workers"] * 8 == low, path.name
+        assert (types["gpu-8xh100-ondemand"]["max_workers"]
+                + types["gpu-8xh100-spot"]["max_workers"]) * 8 == high, path.name
+    rc = next(d for _, d in _kube_docs() if d["kind"] == "RayCluster")
+    group = next(g for g in rc["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu-8xh100")
+    assert group["maxReplicas"] * 8 == high

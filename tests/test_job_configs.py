@@ -35,11 +35,13 @@ def test_shipped_config_loads(path):
     assert prefix in CLASSES, f"{path.name}: no config class registered for prefix {prefix!r}"
     config = load_config(CLASSES[prefix], path)
     if isinstance(config, TrainConfig):  # batch sizes must split over the configured workers
-        config.batch_layout(config.num_workers or 1)
+        low, high = config.worker_range
+        sizes = config.check_world_sizes()  # an elastic range: its ends must both be taken
+        assert sizes[0] == max(1, low) and sizes[-1] == max(1, high), (path.name, sizes)
     if isinstance(config, AnnealConfig):  # fixed points fit the space and the sample count
         from bsm_ray.tune.space import fixed_points
 
-        config.train.batch_layout(config.train.num_workers or 1)
+        config.train.check_world_sizes()
         fixed_points(config, config.train.masking.strategy == "cm_gems"
                      and config.search.switch_threshold is not None)
 
