@@ -74,7 +74,14 @@ def test_a_run_stopped_on_two_workers_continues_on_one(
     assert read_trainer_state(checkpoint)["step"] == STOP
     assert read_trainer_state(checkpoint)["world_size"] == 2
     assert not (checkpoint / "final_model").exists()  # a stop, not the end of the run
-    launch(replace(config, name="cut", num_workers=resume_workers))
+    track = resume_workers == 0  # one case also checks the MLflow run's resize tag
+    resumed = launch(replace(config, name="cut", num_workers=resume_workers,
+                             tracking=TrackingConfig(enabled=track, register=False)))
+    if track:
+        from mlflow.tracking import MlflowClient
+
+        tags = MlflowClient().get_run(resumed.tracking["run_id"]).data.tags
+        assert tags[f"bsm_ray.resize.step_{STOP}"].startswith("2 -> 1 workers, conversion ")
 
     full, cut = _per_step(tmp_path / "full"), _per_step(tmp_path / "cut")
     assert sorted(full) == sorted(cut) == list(range(1, STEPS + 1))
