@@ -94,6 +94,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill_node(temp_dir: str) -> int:
+    """SIGKILL every process of the node started with `temp_dir` (raylet, its agents, its
+    workers): the node is lost as a spot reclaim would lose it. Returns how many died."""
+    import psutil
+
+    victims = {p for p in psutil.process_iter(["cmdline"])
+               if any(temp_dir in c for c in (p.info["cmdline"] or []))}  # fmt: skip
+    for p in list(victims):
+        try:
+            victims |= set(p.children(recursive=True))
+        except psutil.Error:
+            pass
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    return len(victims)
+
+
 class MlflowServer:
     """`mlflow server` with a SQLite store on 127.0.0.1, stoppable and restartable on the same
     port (tests stop it to make outages)."""

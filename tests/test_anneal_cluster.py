@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import kill_node
 
 from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
 from bsm_ray.train.context import read_metrics
@@ -143,26 +144,6 @@ def _objective_at(trial_dir: Path, step: int) -> float:
     return sum(w * m[f"val/loss/{s}"] for s, w in OBJECTIVE.items()) / sum(OBJECTIVE.values())
 
 
-def _kill_node(temp_dir: str) -> int:
-    """SIGKILL every process of the node started with `temp_dir` (raylet, its agents, its
-    workers): the node is lost as a spot reclaim would lose it. Returns how many died."""
-    import psutil
-
-    victims = {p for p in psutil.process_iter(["cmdline"])
-               if any(temp_dir in c for c in (p.info["cmdline"] or []))}  # fmt: skip
-    for p in list(victims):
-        try:
-            victims |= set(p.children(recursive=True))
-        except psutil.Error:
-            pass
-    for p in victims:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    return len(victims)
-
-
 @pytest.fixture
 def cluster(tmp_path):
     import ray
@@ -275,7 +256,7 @@ def test_anneal_on_two_nodes_survives_node_loss_and_resumes(cluster, tmp_path):
         seen |= workers.keys()
         time.sleep(1)
     killed = workers[second]
-    assert _kill_node(node2_tmp) > 0
+    assert kill_node(node2_tmp) > 0
     # The victim, if it had trained a step by then (its trace names its workers' pids).
     victim = next((d for d in trials.glob("*") if killed & _trace_pids(d)), None)
     phase(f"second node killed while Train workers {sorted(killed)} ran there "

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port, kill_node
 
 from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
 from bsm_ray.train.checkpointing import read_trainer_state
@@ -50,33 +51,6 @@ def _ray(*args: str, env: dict, check: bool = True, timeout: float = 120):
 
     return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True,
                           check=check, timeout=timeout)  # fmt: skip
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_node(temp_dir: str) -> int:
-    """SIGKILL every process of the node started with `temp_dir` (raylet, agents, workers)."""
-    import psutil
-
-    victims = {p for p in psutil.process_iter(["cmdline"])
-               if any(temp_dir in c for c in (p.info["cmdline"] or []))}  # fmt: skip
-    for p in list(victims):
-        try:
-            victims |= set(p.children(recursive=True))
-        except psutil.Error:
-            pass
-    for p in victims:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    return len(victims)
 
 
 def _sets(settings: dict) -> list[str]:
@@ -110,13 +84,13 @@ def two_nodes(tmp_path):
     import ray
 
     ray.shutdown()  # the session's in-process instance, if a test started it
-    gcs = _free_port()
+    gcs = free_port()
     head_tmp = tempfile.mkdtemp(prefix="rayh-", dir="/tmp")
     node2_tmp = tempfile.mkdtemp(prefix="ray2-", dir="/tmp")  # short: socket paths are capped
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "RAY_AUTH_MODE": "token"}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
-    dash = _free_port()
+    dash = free_port()
     _ray("start", "--head", "--port", str(gcs), "--node-ip-address", "127.0.0.1",
          "--num-cpus", "3", "--resources", json.dumps({"train_slot": 1}),
          "--object-store-memory", str(OBJECT_STORE), "--temp-dir", head_tmp,
@@ -189,7 +163,7 @@ def test_an_elastic_run_loses_a_node_continues_on_one_worker_and_grows_back(two_
     # 2 workers, one per node, until a checkpoint: then the second node is lost.
     wait_for("a 2-worker checkpoint",
              lambda: any(c["world_size"] == 2 and c["step"] >= 20 for c in checkpoints()))
-    assert _kill_node(node2_tmp) > 0
+    assert kill_node(node2_tmp) > 0
     # The group restarts on the head alone, from a 2-worker checkpoint, and checkpoints there.
     wait_for("a 1-worker checkpoint", lambda: any(c["world_size"] == 1 for c in checkpoints()))
     start_node2()  # resources come back: the group grows to 2 again
