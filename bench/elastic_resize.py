@@ -12,10 +12,11 @@ the whole run):
 2. the same run stopped after `--stop` steps (`stop_at_step`), on 2 workers: its checkpoint's
    size per rank (DeepSpeed's model file, which rank 0 writes, and each rank's ZeRO optimizer
    partition);
-3. that run relaunched with `num_workers: 1`: the universal checkpoint conversion's time and the
-   load's (the loop's own `resize/convert_s`, `resize/load_s`), the time from `launch()` to the
-   first resumed step (a thread polls metrics.jsonl), and each resumed step's train/loss
-   against the uninterrupted run's (relative difference; only the reduction order differs).
+3. that run relaunched with `num_workers: 1`: the universal checkpoint conversion's time, and
+   the conversion and load together (the loop's own `resize/convert_s`, `resize/load_s`), the
+   time from `launch()` to the first resumed step (a thread polls metrics.jsonl), and each
+   resumed step's train/loss against the uninterrupted run's (relative difference; only the
+   reduction order differs).
 
 Runs in a private local Ray instance (4 logical CPUs, its own temp dir). The table goes to stdout
 and, with every figure, to `<out>/elastic_resize.json` (written atomically).
@@ -136,8 +137,8 @@ def main() -> int:
     print("checkpoint (per file of the DeepSpeed state):")
     for name, mib in sizes.items():
         print(f"  {name:48s} {mib:9.1f} MiB")
-    print(f"universal conversion: {report['convert_s']:.1f} s; load into 1 worker: "
-          f"{report['load_s']:.1f} s; launch() to the first resumed step: "
+    print(f"universal conversion: {report['convert_s']:.1f} s; conversion and load into 1 "
+          f"worker: {report['load_s']:.1f} s; launch() to the first resumed step: "
           f"{report['launch_to_first_resumed_step_s'] or float('nan'):.1f} s")
     print(f"runs: uninterrupted {uninterrupted_s:.0f} s, stopped {stopped_s:.0f} s, resumed "
           f"{resumed_s:.0f} s")

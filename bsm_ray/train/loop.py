@@ -23,10 +23,10 @@ Side concerns are hooks (`TrainerHook`): the MLflow logger, the CM-GEMS switch a
 lines; the step itself has no branch for them.
 
 Metrics (namespaced): train/loss, train/lr, train/world_size, train/tokens_per_s, train/mfu,
-train/grad_norm (ZeRO 1-3), resize/{from,to,convert_s,load_s} (the first step after a
-resize), val/loss/<source>, val/loss, val/ppl, data/mix/<source> (realized fraction of real
-tokens, all workers), data/repeats/<source>; MLM: mask/strategy_global; CM-GEMS:
-curriculum/ppl, curriculum/<rule>_drop, mask/switch_step.
+train/grad_norm (ZeRO 1-3), resize/{from,to,convert_s,load_s} (the first step after a resize;
+load_s includes the conversion), val/loss/<source>, val/loss, val/ppl, data/mix/<source>
+(realized fraction of real tokens, all workers), data/repeats/<source>; MLM:
+mask/strategy_global; CM-GEMS: curriculum/ppl, curriculum/<rule>_drop, mask/switch_step.
 
 Imports torch and deepspeed (inside the functions, after choosing the accelerator).
 """
