@@ -128,7 +128,9 @@ class TrainConfig:
     """Where runs, checkpoints and metrics live (a local path or a cloud URI)."""
     init_from: str | None = None
     """Start from these weights (a Hugging Face model folder, e.g. the previous round's
-    final_model/) instead of a fresh initialisation."""
+    final_model/) instead of a fresh initialisation; or from a training checkpoint (a folder
+    with DeepSpeed state and trainer_state.json): its weights and AdamW moments, at this run's
+    world size, with this run's own step, data position and schedule (annealing trials)."""
     peak_flops: float | None = None
     """Device peak FLOP/s for MFU; measured with a matmul at start-up when None."""
     round: int | None = None
