@@ -3,6 +3,13 @@
     python jobs/prepare_data.py                       # the embedded sample corpus -> data/sample
     python jobs/prepare_data.py --config jobs/configs/prepare_example.yaml
     python jobs/prepare_data.py --set on_invalid=skip --set output_dir=data/mine
+    python jobs/prepare_data.py --set parallel=ray --set num_workers=2   # units as Ray tasks
+    ray job submit --working-dir . -- python jobs/prepare_data.py --set parallel=ray \
+        --set output_dir=$PWD/data/mine                                  # on a running cluster
+
+The same units of work run in this process or as Ray tasks (parallel: local | ray | auto, auto =
+ray when RAY_ADDRESS names a cluster), giving the same dataset_sha256. A run that crashed is
+resumed by the same command: finished units are not run again.
 
 See `bsm_ray/data/prepare.py` (PrepareConfig) for every setting.
 """
