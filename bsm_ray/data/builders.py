@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bsm_ray.data.detect import DetectorConfig, detect_sequences
+from bsm_ray.data.detect import DetectorConfig, candidate_blocks, detect_sequences
 from bsm_ray.data.records import (
     InputPart,
     Ledger,
@@ -668,7 +668,9 @@ def build_web(
             ledger.invalid(kind, InputError(path, doc_id, "duplicate_id"))
             continue
         seen_ids.add(doc_id)
-        found = detect_sequences(text, cfg.detector)
+        # The prefilter's bound: most prose is rejected here without the per-word rules.
+        few = candidate_blocks(text, cfg.detector) < cfg.min_sequences
+        found = [] if few else detect_sequences(text, cfg.detector)
         if len(found) < cfg.min_sequences:
             ledger.note(kind, f"fewer_than_{cfg.min_sequences}_sequences")
             continue
