@@ -215,3 +215,20 @@ def test_a_changed_input_starts_over(tmp_path, monkeypatch):
     assert result.units_resumed == [] and result.manifest["totals"]["single_dna"]
     rows = sum(t["rows"] for t in result.manifest["totals"]["single_dna"].values())
     assert rows == 21 and os.path.isdir(tmp_path / "ds")
+
+
+def test_two_preparations_of_one_dataset_do_not_share_its_staging(tmp_path):
+    import fcntl
+
+    from bsm_ray.errors import BsmRayError
+
+    fa = tmp_path / "a.fa"
+    fa.write_text(">r1\nACGT\n")
+    config = PrepareConfig(output_dir=str(tmp_path / "ds"), sample=False, progress=False,
+                           parallel="local", single=[SingleInput(str(fa), "dna")])  # fmt: skip
+    with open(tmp_path / ".ds.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(BsmRayError, match="another preparation is writing it"):
+            prepare_dataset(config)
+    prepare_dataset(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fa", "ds"]

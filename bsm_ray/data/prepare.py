@@ -20,6 +20,7 @@ ingestion runs on Ray); no torch or mlflow.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -281,30 +282,51 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
         for part in plan["parts"] or [None]:
             units.append(Unit(len(units), si, part_from_dict(part)))
 
-    staging = final.with_name(f".{final.name}.staging")
-    fingerprint = _fingerprint(config, inputs)
-    plan_path = staging / UNITS_DIR / "plan.json"
-    recorded = json.loads(plan_path.read_text())["fingerprint"] if plan_path.is_file() else None
-    if recorded != fingerprint:
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / UNITS_DIR).mkdir(parents=True)
-        atomic_write_text(plan_path, json.dumps({"fingerprint": fingerprint,
-                                                 "units": len(units)}))  # fmt: skip
-    else:
-        logger.info(f"resuming the preparation recorded in {staging}")
-    token = uuid.uuid4().hex
-    try:
-        manifest, ran = _prepare_units(config, sources, units, inputs, staging, runner, token)
-        publish_dataset(staging, final)
-    except BsmRayError:
-        shutil.rmtree(staging, ignore_errors=True)  # bad input or config: a rerun fails again
-        raise
-    except BaseException:
-        logger.info(f"preparation stopped; finished units are kept in {staging}: the same "
-                    "command resumes from them")  # fmt: skip
-        raise
+    with _exclusive(final):
+        staging = final.with_name(f".{final.name}.staging")
+        fingerprint = _fingerprint(config, inputs)
+        plan_path = staging / UNITS_DIR / "plan.json"
+        recorded = json.loads(plan_path.read_text())["fingerprint"] if plan_path.is_file() else None
+        if recorded != fingerprint:
+            shutil.rmtree(staging, ignore_errors=True)
+            (staging / UNITS_DIR).mkdir(parents=True)
+            atomic_write_text(plan_path, json.dumps({"fingerprint": fingerprint,
+                                                     "units": len(units)}))  # fmt: skip
+        else:
+            logger.info(f"resuming the preparation recorded in {staging}")
+        token = uuid.uuid4().hex
+        try:
+            manifest, ran = _prepare_units(config, sources, units, inputs, staging, runner, token)
+            publish_dataset(staging, final)
+        except BsmRayError:
+            shutil.rmtree(staging, ignore_errors=True)  # bad input or config: a rerun fails again
+            raise
+        except BaseException:
+            logger.info(f"preparation stopped; finished units are kept in {staging}: the same "
+                        "command resumes from them")  # fmt: skip
+            raise
     resumed = sorted(set(range(len(units))) - set(ran))
     return PrepareResult(final, manifest.__dict__, time.time() - t0, len(units), resumed, ran)
+
+
+@contextlib.contextmanager
+def _exclusive(final: Path):
+    """Hold `.<name>.lock` beside `final` while preparing it: two runs writing one dataset would
+    share its staging directory (the lock is advisory, for this machine's processes)."""
+    import fcntl
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = final.with_name(f".{final.name}.lock")
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            msg = f"{final}: another preparation is writing it (lock {lock_path})"
+            raise BsmRayError(msg) from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
 
 
 def _plan_file(path: str, layout: str | None, unit_bytes: int):
