@@ -34,7 +34,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "bench" / "out"
-GENERATOR = "bsm_ray.data.samples.write_synthetic_genome"
+GENERATOR = "bsm_ray.ingest.samples.write_synthetic_genome"
 # The thread-pool sizes of OpenMP, the BLAS libraries and numexpr; a stage that must run on a
 # given number of threads has all of them set before numpy (or torch) is imported.
 THREAD_VARS = (
@@ -305,7 +305,7 @@ def genome_path(out: Path, genome_bp: int, seed: int, num_chromosomes: int, gz: 
 
 def stage_generate(s: dict) -> dict:
     """Stage body: write the genome (settings: genome_path, genome_bp, seed, num_chromosomes)."""
-    from bsm_ray.data.samples import write_synthetic_genome
+    from bsm_ray.ingest.samples import write_synthetic_genome
 
     t0 = time.perf_counter()
     write_synthetic_genome(

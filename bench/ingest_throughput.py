@@ -96,10 +96,10 @@ def _import_common() -> None:
     import pyarrow.parquet  # noqa: F401
     from Bio import SeqIO  # noqa: F401
 
-    import bsm_ray.data.builders  # noqa: F401
-    import bsm_ray.data.prepare  # noqa: F401
-    import bsm_ray.data.records  # noqa: F401
-    import bsm_ray.data.samples  # noqa: F401
+    import bsm_ray.ingest.builders  # noqa: F401
+    import bsm_ray.ingest.prepare  # noqa: F401
+    import bsm_ray.ingest.records  # noqa: F401
+    import bsm_ray.ingest.samples  # noqa: F401
     import bsm_ray.tokenizers.char  # noqa: F401
     import bsm_ray.tokenizers.kmer  # noqa: F401
 
@@ -109,7 +109,7 @@ def _load_sequence(path: str, limit_bp: int | None = None) -> bytes:
 
     Read with `iter_fasta` and stopped after `limit_bp` letters when given.
     """
-    from bsm_ray.data.records import iter_fasta
+    from bsm_ray.ingest.records import iter_fasta
 
     parts: list[bytes] = []
     size = 0
@@ -136,7 +136,7 @@ def stage_baseline(s: dict) -> dict:
 
 
 def stage_read_iter_fasta(s: dict) -> dict:
-    from bsm_ray.data.records import iter_fasta
+    from bsm_ray.ingest.records import iter_fasta
 
     def run():
         bp = records = 0
@@ -185,8 +185,8 @@ def stage_read_biopython(s: dict) -> dict:
 
 
 def stage_genome_pieces(s: dict) -> dict:
-    from bsm_ray.data.builders import BuildContext, GenomeConfig, build_genome_pieces
-    from bsm_ray.data.records import Ledger
+    from bsm_ray.ingest.builders import BuildContext, GenomeConfig, build_genome_pieces
+    from bsm_ray.ingest.records import Ledger
 
     path = s["genome_path"]
 
@@ -212,8 +212,8 @@ def stage_genome_pieces(s: dict) -> dict:
 def stage_prepare(s: dict) -> dict:
     import shutil
 
-    from bsm_ray.data.builders import GenomeConfig
-    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+    from bsm_ray.ingest.builders import GenomeConfig
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 
     path = s["genome_path"]
     output_dir = s["dataset_dir"]
@@ -449,7 +449,7 @@ def write_genbank(path: Path, num_bytes: int, sources: list[str]) -> None:
 
 def ensure_text_inputs(out: Path, web_mb: float, genbank_mb: float, seed: int) -> dict:
     """Generate (or reuse) the web and GenBank inputs; return their paths."""
-    from bsm_ray.data.samples import biopython_tests_dir
+    from bsm_ray.ingest.samples import biopython_tests_dir
 
     gb_dir = biopython_tests_dir() / "GenBank"
     paths = {
@@ -500,8 +500,8 @@ def stage_web_detector(s: dict) -> dict:
     """The detector's decision per document (bound, then rules where needed), texts in memory."""
     import json
 
-    from bsm_ray.data.builders import WebConfig
-    from bsm_ray.data.detect import candidate_blocks, detect_sequences
+    from bsm_ray.ingest.builders import WebConfig
+    from bsm_ray.ingest.detect import candidate_blocks, detect_sequences
 
     cfg = WebConfig()
     with open(s["web_prose_path"], "rb") as fh:
@@ -523,8 +523,8 @@ def stage_web_detector(s: dict) -> dict:
 def _prepare_stage(s: dict, path: str, kind: str, **cfg) -> dict:
     import shutil
 
-    from bsm_ray.data.builders import RefSeqConfig, WebConfig
-    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+    from bsm_ray.ingest.builders import RefSeqConfig, WebConfig
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 
     out = s["dataset_dir"] + "-" + kind
     inputs = {"web": WebConfig(documents=[path])} if kind == "web" else {
@@ -576,8 +576,8 @@ def _mixed_stage(s: dict, parallel: str, num_workers: int | None) -> dict:
     import os
     import shutil
 
-    from bsm_ray.data.builders import RefSeqConfig, WebConfig
-    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+    from bsm_ray.ingest.builders import RefSeqConfig, WebConfig
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 
     os.environ.setdefault("RAY_ADDRESS", "local")  # a Ray of its own, not a running cluster
     out = s["dataset_dir"] + "-mixed-" + parallel + str(num_workers or "")

@@ -401,7 +401,7 @@ class _RangeReader(io.RawIOBase):
 def open_byte_range(path: str | os.PathLike, start: int, stop: int) -> IO[bytes]:
     """Bytes [start, stop) of a plain (uncompressed) UTF-8 file, as `open_text_bytes` gives
     them: the range holding the file's start gets the same checks (NUL bytes, byte-order mark).
-    Only files the preparation planner found splittable are read by range (see `data/units`)."""
+    Only files the preparation planner found splittable are read by range (see `ingest/units`)."""
     path = os.fspath(path)
     if start == 0:
         fh = open_text_bytes(path)  # the checks of the file's first bytes, as for the whole

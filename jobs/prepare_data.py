@@ -11,7 +11,7 @@ The same units of work run in this process or as Ray tasks (parallel: local | ra
 ray when RAY_ADDRESS names a cluster), giving the same dataset_sha256. A run that crashed is
 resumed by the same command: finished units are not run again.
 
-See `bsm_ray/data/prepare.py` (PrepareConfig) for every setting.
+See `bsm_ray/ingest/prepare.py` (PrepareConfig) for every setting.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from bsm_ray.cli import run_job  # noqa: E402
-from bsm_ray.data.prepare import PrepareConfig, prepare_dataset  # noqa: E402
+from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset  # noqa: E402
 
 
 def main(config: PrepareConfig) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 from bsm_ray.train.context import read_metrics
 from bsm_ray.tune.sweep import finished_metrics
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bsm_ray.data.decontaminate import DecontaminateConfig, decontaminate, kmer_hashes
-from bsm_ray.data.shards import read_manifest, shard_paths, verify_dataset
 from bsm_ray.errors import InputError
+from bsm_ray.ingest.decontaminate import DecontaminateConfig, decontaminate, kmer_hashes
+from bsm_ray.ingest.shards import read_manifest, shard_paths, verify_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,9 +88,9 @@ def test_bad_eval_files_are_clear_errors(dataset, tmp_path):
 def test_a_mix_source_without_train_rows_is_a_clear_error(tmp_path):
     """A source emptied (here: never prepared) fails before any worker starts; an empty
     validation split is allowed (that source is simply not evaluated)."""
-    from bsm_ray.data.builders import SingleInput
-    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
     from bsm_ray.errors import BsmRayError
+    from bsm_ray.ingest.builders import SingleInput
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
     from bsm_ray.train.config import DataConfig, TrainConfig
     from bsm_ray.train.context import build_windows
 

@@ -10,7 +10,12 @@ import re
 
 import pytest
 
-from bsm_ray.data.detect import DetectedSequence, DetectorConfig, candidate_blocks, detect_sequences
+from bsm_ray.ingest.detect import (
+    DetectedSequence,
+    DetectorConfig,
+    candidate_blocks,
+    detect_sequences,
+)
 
 # --- the reference: detect.py's rules as they were before the prefilter -------------------------
 
@@ -194,7 +199,7 @@ def test_prefilter_keeps_every_answer_on_generated_layouts():
 
 
 def test_prefilter_keeps_every_answer_on_the_sample_documents():
-    from bsm_ray.data.samples import sample_inputs
+    from bsm_ray.ingest.samples import sample_inputs
 
     path = sample_inputs(0, 60_000)["web"][0]
     with open(path, encoding="utf-8") as fh:

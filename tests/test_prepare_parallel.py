@@ -12,7 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bsm_ray.data.builders import (
+from bsm_ray.errors import InputError
+from bsm_ray.ingest.builders import (
     BuildContext,
     GenomeConfig,
     RefSeqConfig,
@@ -23,10 +24,9 @@ from bsm_ray.data.builders import (
     build_single,
     build_web,
 )
-from bsm_ray.data.prepare import PrepareConfig, input_rows, prepare_dataset
-from bsm_ray.data.records import Ledger
-from bsm_ray.data.units import FAULT_ENV, UNITS_DIR, plan_input
-from bsm_ray.errors import InputError
+from bsm_ray.ingest.prepare import PrepareConfig, input_rows, prepare_dataset
+from bsm_ray.ingest.records import Ledger
+from bsm_ray.ingest.units import FAULT_ENV, UNITS_DIR, plan_input
 
 SAMPLE = dict(progress=False, sample_synthetic_genome_bp=60_000, unit_bytes=32 << 10)
 

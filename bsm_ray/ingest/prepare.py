@@ -1,6 +1,6 @@
 """`prepare_dataset`: run every builder over the configured inputs and publish a dataset.
 
-The work is cut into units fixed by the input (data/units.py) that run in this process or as
+The work is cut into units fixed by the input (ingest/units.py) that run in this process or as
 Ray tasks (`parallel`); workers write their shards into a staging directory beside
 `output_dir`, the driver plans, finds duplicates across units and assembles the manifest, and
 the staging directory is renamed into place only when every shard and the manifest are
@@ -37,7 +37,9 @@ from typing import Literal
 from tqdm import tqdm
 
 from bsm_ray.config import to_dict
-from bsm_ray.data.builders import (
+from bsm_ray.errors import BsmRayError, InputError
+from bsm_ray.fileio import atomic_write_text
+from bsm_ray.ingest.builders import (
     BuildContext,
     GenePairsConfig,
     GenomeConfig,
@@ -45,8 +47,8 @@ from bsm_ray.data.builders import (
     SingleInput,
     WebConfig,
 )
-from bsm_ray.data.records import Ledger
-from bsm_ray.data.shards import (
+from bsm_ray.ingest.records import Ledger
+from bsm_ray.ingest.shards import (
     DOC_KINDS,
     GENOME_KIND,
     SPLITS,
@@ -55,7 +57,7 @@ from bsm_ray.data.shards import (
     build_manifest,
     write_manifest,
 )
-from bsm_ray.data.units import (
+from bsm_ray.ingest.units import (
     FAULT_ENV,
     KEY_BUCKETS,
     UNITS_DIR,
@@ -72,8 +74,6 @@ from bsm_ray.data.units import (
     unit_keys_path,
     unit_result_path,
 )
-from bsm_ray.errors import BsmRayError, InputError
-from bsm_ray.fileio import atomic_write_text
 from bsm_ray.log import get_logger
 from bsm_ray.tokenizers import BsmCharTokenizer, KmerTokenizer
 
@@ -87,7 +87,7 @@ class PrepareConfig:
     output_dir: str = "data/sample"
     """Where the dataset (shards + manifest.json) is published."""
     sample: bool = True
-    """Use the embedded sample corpus as input (built on first use; see data/samples.py).
+    """Use the embedded sample corpus as input (built on first use; see ingest/samples.py).
     Inputs listed below are added to it. Set false to ingest only your own files."""
     sample_synthetic_genome_bp: int = 200_000
     """Size of the seeded synthetic genome added to the sample corpus."""
@@ -118,7 +118,7 @@ class PrepareConfig:
     """With Ray: the most units running at once (None: as many as the cluster has CPUs)."""
     unit_bytes: int = 64 << 20
     """Inputs larger than this are cut into units of about this size, at record boundaries
-    (see data/units.py). Part of what the dataset is: shards are written per unit."""
+    (see ingest/units.py). Part of what the dataset is: shards are written per unit."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -249,13 +249,13 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
     """Build and publish the dataset described by `config`; return its manifest.
 
     The same units run locally or as Ray tasks (`parallel`), so the dataset, and its
-    `dataset_sha256`, is the same either way (see data/units.py). A run that crashed resumes
+    `dataset_sha256`, is the same either way (see ingest/units.py). A run that crashed resumes
     from its staging directory: units recorded there are not run again.
     """
     t0 = time.time()
     synthetic_paths: set[str] = set()
     if config.sample:
-        from bsm_ray.data.samples import sample_prepare_inputs
+        from bsm_ray.ingest.samples import sample_prepare_inputs
 
         config, synthetic_paths = sample_prepare_inputs(config)
     final = Path(config.output_dir)

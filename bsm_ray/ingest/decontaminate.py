@@ -38,7 +38,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from bsm_ray.config import to_dict
-from bsm_ray.data.shards import (
+from bsm_ray.errors import BsmRayError, InputError
+from bsm_ray.fileio import atomic_write_text
+from bsm_ray.ingest.shards import (
     DOC_KINDS,
     GENOME_KIND,
     SPLITS,
@@ -48,8 +50,6 @@ from bsm_ray.data.shards import (
     shard_paths,
     write_manifest,
 )
-from bsm_ray.errors import BsmRayError, InputError
-from bsm_ray.fileio import atomic_write_text
 
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".faa", ".ffn", ".nu", ".pro", ".seq")
 _BASE = np.uint64(0x100000001B3)  # FNV prime as the rolling-hash base
@@ -101,7 +101,7 @@ def kmer_hashes(seq: str, k: int) -> np.ndarray:
 
 def read_eval_sequences(path: str, columns: list[str]) -> list[str]:
     """The sequences of one evaluation file (normalized)."""
-    from bsm_ray.data.records import read_fasta_records
+    from bsm_ray.ingest.records import read_fasta_records
 
     p = Path(path)
     if not p.is_file():
@@ -175,7 +175,7 @@ def decontaminate(cfg: DecontaminateConfig) -> dict:
     """Write the decontaminated dataset; return the report (also in the new manifest)."""
     from tqdm import tqdm
 
-    from bsm_ray.data.prepare import publish_dataset
+    from bsm_ray.ingest.prepare import publish_dataset
 
     if not cfg.eval_sets:
         raise BsmRayError("decontaminate: no eval_sets given")

@@ -4,7 +4,7 @@ Layout of a prepared dataset (`output_dir`):
 
     manifest.json                       counts, token counts, hashes, skips (see `Manifest`)
     <kind>/<split>/part-<unit>-<n>.parquet   kind in DOC_KINDS or "genome"; split in train/val;
-                                        <unit>: the unit of preparation work (data/units.py)
+                                        <unit>: the unit of preparation work (ingest/units.py)
 
 Schemas (documented here and in the README; changing a field is a format change):
 

@@ -36,8 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bsm_ray.data.detect import DetectorConfig, candidate_blocks, detect_sequences
-from bsm_ray.data.records import (
+from bsm_ray.errors import InputError
+from bsm_ray.fileio import (
+    numbered_lines,
+    open_text,
+    sniff_format,
+    undecodable_line_error,
+)
+from bsm_ray.ingest.detect import DetectorConfig, candidate_blocks, detect_sequences
+from bsm_ray.ingest.records import (
     InputPart,
     Ledger,
     genbank_label,
@@ -47,13 +54,6 @@ from bsm_ray.data.records import (
     read_fasta_records,
     repaired_record_error,
     validate_sequence,
-)
-from bsm_ray.errors import InputError
-from bsm_ray.fileio import (
-    numbered_lines,
-    open_text,
-    sniff_format,
-    undecodable_line_error,
 )
 from bsm_ray.tokenizers.alphabets import first_invalid, guess_modality
 from bsm_ray.tokenizers.char import BsmCharTokenizer, format_document

@@ -42,7 +42,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bsm_ray.data.builders import (
+from bsm_ray.errors import InputError
+from bsm_ray.fileio import atomic_path, atomic_write_text, check_readable_file, sniff_format
+from bsm_ray.ingest.builders import (
     BuildContext,
     build_gene_pairs,
     build_genome_pieces,
@@ -50,10 +52,8 @@ from bsm_ray.data.builders import (
     build_single,
     build_web,
 )
-from bsm_ray.data.records import InputPart, Ledger
-from bsm_ray.data.shards import ShardInfo, ShardWriter
-from bsm_ray.errors import InputError
-from bsm_ray.fileio import atomic_path, atomic_write_text, check_readable_file, sniff_format
+from bsm_ray.ingest.records import InputPart, Ledger
+from bsm_ray.ingest.shards import ShardInfo, ShardWriter
 
 UNITS_DIR = "_units"
 KEY_BUCKETS = 16
