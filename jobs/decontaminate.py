@@ -5,7 +5,8 @@
     python jobs/decontaminate.py --config jobs/configs/decontaminate_sample.yaml
 
 Writes a new dataset (the input is never modified) whose manifest and decontamination.json
-report the rows removed per evaluation set, rule, kind and split. See
+report the rows removed per evaluation set, rule, kind and split. With --set parallel=ray, one
+Ray task per input shard (the same output). See
 bsm_ray/ingest/decontaminate.py (DecontaminateConfig) for every setting.
 """
 

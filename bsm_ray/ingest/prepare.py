@@ -190,11 +190,11 @@ def _fingerprint(config: PrepareConfig, inputs: list[dict]) -> str:
 _RUN_ONLY = ("parallel", "num_workers", "progress", "overwrite", "output_dir")
 
 
-class _Runner:
+class TaskRunner:
     """Runs a function over argument tuples in this process or as Ray tasks (one CPU each, at
     most `num_workers` in flight); results come back in argument order."""
 
-    def __init__(self, config: PrepareConfig) -> None:
+    def __init__(self, config) -> None:  # any config with parallel, num_workers, progress
         self.ray = use_ray(config.parallel)
         self.num_workers = config.num_workers
         self.progress = config.progress
@@ -262,7 +262,7 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
     if final.exists() and not config.overwrite:
         raise BsmRayError(f"{final}: exists (set overwrite: true to replace it)")
     sources = _sources(config)
-    runner = _Runner(config)
+    runner = TaskRunner(config)
     # Plan: every input checked, hashed and cut into units (one read per file) before any
     # record is read; the first unreadable input (in input order) stops the run.
     files = [(si, path, src.layout if path == src.paths[0] else None)
