@@ -34,7 +34,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "bench" / "out"
-GENERATOR = "bsm_ray.data.samples.write_synthetic_genome"
+GENERATOR = "bsm_ray.ingest.samples.write_synthetic_genome"
 # The thread-pool sizes of OpenMP, the BLAS libraries and numexpr; a stage that must run on a
 # given number of threads has all of them set before numpy (or torch) is imported.
 THREAD_VARS = (
@@ -305,7 +305,7 @@ def genome_path(out: Path, genome_bp: int, seed: int, num_chromosomes: int, gz: 
 
 def stage_generate(s: dict) -> dict:
     """Stage body: write the genome (settings: genome_path, genome_bp, seed, num_chromosomes)."""
-    from bsm_ray.data.samples import write_synthetic_genome
+    from bsm_ray.ingest.samples import write_synthetic_genome
 
     t0 = time.perf_counter()
     write_synthetic_genome(
@@ -371,7 +371,7 @@ def add_throughput(row: dict) -> dict:
     """Add amount / median seconds to a stage row that has both (bp/s or tokens/s)."""
     if row["seconds"] and row["amount"] is not None:
         row["throughput_per_s"] = row["amount"] / row["seconds"]
-        row["throughput_unit"] = "bp/s" if row["unit"] == "bp" else "tokens/s"
+        row["throughput_unit"] = {"bp": "bp/s", "bytes": "B/s"}.get(row["unit"], "tokens/s")
     return row
 
 
@@ -445,6 +445,8 @@ def fmt_amount(amount, unit) -> str:
         return "-"
     if unit == "bp":
         return f"{amount / 1e6:,.2f} Mbp"
+    if unit == "bytes":
+        return f"{amount / 1e6:,.2f} MB"
     return f"{amount / 1e6:,.2f} M tok"
 
 
@@ -452,6 +454,8 @@ def fmt_rate(amount, unit, seconds) -> str:
     if amount is None or not seconds:
         return "-"
     rate = amount / seconds / 1e6
+    if unit == "bytes":
+        return f"{rate:,.1f} MB/s"
     return f"{rate:,.1f} Mbp/s" if unit == "bp" else f"{rate:,.1f} M tok/s"
 
 

@@ -16,6 +16,14 @@ once under `--out` and reused while size, seed, record count and compression mat
   (pieces cut and counted, nothing written), both with `--chunk-mb` chunks (prepare_dataset
   uses the library default of 4 MiB);
 - as a baseline, Biopython's `SeqIO.parse(path, "fasta")` reading the same file;
+- text inputs (generated once under `--out`): seeded JSONL web documents of plain prose and
+  with sequences in several layouts, through `prepare_dataset` and next to `json.loads` of the
+  same lines alone; the web detector's decision alone on the prose texts; a GenBank file of real
+  records (NC_000932, arab1, NC_005816 repeated with their own VERSION) through
+  `prepare_dataset` next to `Bio.SeqIO.parse(path, "genbank")` alone; and the three files in
+  one preparation cut into `--mixed-unit-mb` units, parallel=local vs Ray with 1 and 2 workers
+  (a Ray of the stage's own; speed-up = local seconds / Ray seconds; the three must give one
+  dataset_sha256, printed). Ratios are printed under the table (and in the JSON);
 - tokenizers on the same genome (uppercased): k-mer `kmer_ids` over the whole sequence,
   k-mer `encode_batch` over 511-nt pieces in batches of 1024, and the BSM character tokenizer's
   `encode` / `encode_batch` over the first `--char-mbp` Mbp cut into 1024-letter `<dna>`
@@ -65,6 +73,16 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("kmer_encode_batch", "kmer-6 encode_batch"),
     ("char_encode", "bsm-char encode"),
     ("char_encode_batch", "bsm-char encode_batch"),
+    ("web_json_loads", "json.loads alone (web prose)"),
+    ("web_detector", "web detector alone (prose)"),
+    ("web_prose", "prepare_dataset web prose"),
+    ("web_seq_json_loads", "json.loads alone (web w/ seqs)"),
+    ("web_sequences", "prepare_dataset web w/ seqs"),
+    ("genbank_seqio", "Bio.SeqIO.parse genbank"),
+    ("genbank_prepare", "prepare_dataset GenBank"),
+    ("mixed_local", "prepare mixed, parallel=local"),
+    ("mixed_ray_1", "prepare mixed, ray 1 worker"),
+    ("mixed_ray_2", "prepare mixed, ray 2 workers"),
 )
 STAGE_NAMES = tuple(name for name, _ in STAGES)
 
@@ -78,10 +96,10 @@ def _import_common() -> None:
     import pyarrow.parquet  # noqa: F401
     from Bio import SeqIO  # noqa: F401
 
-    import bsm_ray.data.builders  # noqa: F401
-    import bsm_ray.data.prepare  # noqa: F401
-    import bsm_ray.data.records  # noqa: F401
-    import bsm_ray.data.samples  # noqa: F401
+    import bsm_ray.ingest.builders  # noqa: F401
+    import bsm_ray.ingest.prepare  # noqa: F401
+    import bsm_ray.ingest.records  # noqa: F401
+    import bsm_ray.ingest.samples  # noqa: F401
     import bsm_ray.tokenizers.char  # noqa: F401
     import bsm_ray.tokenizers.kmer  # noqa: F401
 
@@ -91,7 +109,7 @@ def _load_sequence(path: str, limit_bp: int | None = None) -> bytes:
 
     Read with `iter_fasta` and stopped after `limit_bp` letters when given.
     """
-    from bsm_ray.data.records import iter_fasta
+    from bsm_ray.ingest.records import iter_fasta
 
     parts: list[bytes] = []
     size = 0
@@ -118,7 +136,7 @@ def stage_baseline(s: dict) -> dict:
 
 
 def stage_read_iter_fasta(s: dict) -> dict:
-    from bsm_ray.data.records import iter_fasta
+    from bsm_ray.ingest.records import iter_fasta
 
     def run():
         bp = records = 0
@@ -167,8 +185,8 @@ def stage_read_biopython(s: dict) -> dict:
 
 
 def stage_genome_pieces(s: dict) -> dict:
-    from bsm_ray.data.builders import BuildContext, GenomeConfig, build_genome_pieces
-    from bsm_ray.data.records import Ledger
+    from bsm_ray.ingest.builders import BuildContext, GenomeConfig, build_genome_pieces
+    from bsm_ray.ingest.records import Ledger
 
     path = s["genome_path"]
 
@@ -194,8 +212,8 @@ def stage_genome_pieces(s: dict) -> dict:
 def stage_prepare(s: dict) -> dict:
     import shutil
 
-    from bsm_ray.data.builders import GenomeConfig
-    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+    from bsm_ray.ingest.builders import GenomeConfig
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 
     path = s["genome_path"]
     output_dir = s["dataset_dir"]
@@ -360,6 +378,238 @@ def stage_char_encode_batch(s: dict) -> dict:
     }
 
 
+# --- text inputs: web documents and GenBank (bytes in, MB/s) ------------------------------------
+
+_WORDS = (
+    "the of and to in is that for it as with was on be by this are from at or an which have not "
+    "but had they his were her all one their there been has more can if will would who when what "
+    "so out up about into than them only other time new some could these two may first then do "
+    "any like my now over such our man me even most made after also did many before must through "
+    "years where much your way well down should because each just those people how too little "
+    "state good very make world still own see men work long get here between both life being "
+    "under never day same another know while last might great old year off come since against "
+    "go came right used take three genes cells proteins evolution species organisms molecular "
+    "biology chromosome inheritance transcription students learning education teachers science"
+).split()
+
+
+def write_web_documents(path: Path, num_bytes: int, seed: int, with_sequences: bool) -> None:
+    """Seeded JSONL documents of prose (about 4 KB each); with sequences, every other document
+    holds three to five DNA or protein sequences (inline, wrapped FASTA, groups of 10); of
+    prose, only the first (so that the preparation has a row to publish)."""
+    import json
+    import random
+
+    rnd = random.Random(seed)
+    tmp = path.with_name(path.name + ".tmp")
+    written = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        i = 0
+        while written < num_bytes:
+            words = [rnd.choice(_WORDS) for _ in range(rnd.randint(500, 900))]
+            for j in range(12, len(words), rnd.randint(12, 20)):
+                words[j] = words[j].capitalize()
+                words[j - 1] += "."
+            text = " ".join(words)
+            if (with_sequences and i % 2 == 0) or i == 0:  # prose: one document gives a row
+                parts = [text[: len(text) // 2]]
+                for k in range(rnd.randint(3, 5)):
+                    alphabet = "ACGT" if k % 2 == 0 else "ACDEFGHIKLMNPQRSTVWY"
+                    seq = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(60, 400)))
+                    if k % 3 == 1:
+                        seq = ">seq\n" + "\n".join(seq[x : x + 60] for x in range(0, len(seq), 60))
+                    elif k % 3 == 2:
+                        seq = " ".join(seq[x : x + 10] for x in range(0, len(seq), 10))
+                    parts.append("\n" + seq + "\n")
+                parts.append(text[len(text) // 2 :])
+                text = " ".join(parts)
+            line = json.dumps({"id": f"doc{i}", "text": text}) + "\n"
+            fh.write(line)
+            written += len(line.encode())
+            i += 1
+    tmp.replace(path)
+
+
+def write_genbank(path: Path, num_bytes: int, sources: list[str]) -> None:
+    """Real GenBank records repeated, each copy with its own VERSION (so no duplicate ids)."""
+    import re
+
+    texts = [Path(p).read_text() for p in sources]
+    tmp = path.with_name(path.name + ".tmp")
+    written, copy = 0, 0
+    with open(tmp, "w") as fh:
+        while written < num_bytes:
+            for text in texts:
+                copy += 1
+                out = re.sub(r"^(VERSION\s+\S+?)\.\d+", rf"\g<1>.{copy}", text, flags=re.M)
+                fh.write(out)
+                written += len(out)
+    tmp.replace(path)
+
+
+def ensure_text_inputs(out: Path, web_mb: float, genbank_mb: float, seed: int) -> dict:
+    """Generate (or reuse) the web and GenBank inputs; return their paths."""
+    from bsm_ray.ingest.samples import biopython_tests_dir
+
+    gb_dir = biopython_tests_dir() / "GenBank"
+    paths = {
+        "web_prose_path": out / f"web_prose_{web_mb:g}mb_seed{seed}.jsonl",
+        "web_seq_path": out / f"web_seq_{web_mb:g}mb_seed{seed}.jsonl",
+        "genbank_path": out / f"genbank_{genbank_mb:g}mb.gb",
+    }
+    if not paths["web_prose_path"].exists():
+        write_web_documents(paths["web_prose_path"], int(web_mb * 1e6), seed, False)
+    if not paths["web_seq_path"].exists():
+        write_web_documents(paths["web_seq_path"], int(web_mb * 1e6), seed + 1, True)
+    if not paths["genbank_path"].exists():
+        names = ("NC_000932.gb", "arab1.gb", "NC_005816.gb")
+        sources = [str(gb_dir / n) for n in names]
+        write_genbank(paths["genbank_path"], int(genbank_mb * 1e6), sources)
+    return {k: str(v) for k, v in paths.items()}
+
+
+def _bytes_stage(s: dict, path: str, run, notes) -> dict:
+    times, value = harness.timed(run, s["repeats"], s["warmup"])
+    return {"amount": Path(path).stat().st_size, "unit": "bytes", "times": times,
+            "notes": notes(value), "extra": {"path": path}}  # fmt: skip
+
+
+def _json_loads_stage(s: dict, path: str) -> dict:
+    import json
+
+    def run():
+        n = 0
+        with open(path, "rb") as fh:
+            for line in fh:
+                json.loads(line)
+                n += 1
+        return n
+
+    return _bytes_stage(s, path, run, lambda n: f"{n:,d} documents")
+
+
+def stage_web_json_loads(s: dict) -> dict:
+    return _json_loads_stage(s, s["web_prose_path"])
+
+
+def stage_web_seq_json_loads(s: dict) -> dict:
+    return _json_loads_stage(s, s["web_seq_path"])
+
+
+def stage_web_detector(s: dict) -> dict:
+    """The detector's decision per document (bound, then rules where needed), texts in memory."""
+    import json
+
+    from bsm_ray.ingest.builders import WebConfig
+    from bsm_ray.ingest.detect import candidate_blocks, detect_sequences
+
+    cfg = WebConfig()
+    with open(s["web_prose_path"], "rb") as fh:
+        texts = [json.loads(line)["text"] for line in fh]
+    num_bytes = sum(len(t.encode()) for t in texts)
+
+    def run():
+        kept = 0
+        for text in texts:
+            if candidate_blocks(text, cfg.detector) >= cfg.min_sequences:
+                kept += len(detect_sequences(text, cfg.detector)) >= cfg.min_sequences
+        return kept
+
+    times, kept = harness.timed(run, s["repeats"], s["warmup"])
+    return {"amount": num_bytes, "unit": "bytes", "times": times,
+            "notes": f"{len(texts):,d} texts, {kept} kept (UTF-8 bytes of the texts)"}  # fmt: skip
+
+
+def _prepare_stage(s: dict, path: str, kind: str, **cfg) -> dict:
+    import shutil
+
+    from bsm_ray.ingest.builders import RefSeqConfig, WebConfig
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
+
+    out = s["dataset_dir"] + "-" + kind
+    inputs = {"web": WebConfig(documents=[path])} if kind == "web" else {
+        "refseq": RefSeqConfig(genbank=[path])}  # fmt: skip
+
+    shard_kind = "web" if kind == "web" else "refseq_pair"
+
+    def run():
+        config = PrepareConfig(sample=False, output_dir=out, progress=False, on_invalid="skip",
+                               parallel="local", **inputs, **cfg)  # fmt: skip
+        return prepare_dataset(config)
+
+    def notes(result) -> str:
+        totals = result.manifest["totals"].get(shard_kind, {})
+        return f"{sum(t['rows'] for t in totals.values()):,d} rows"
+
+    try:
+        return _bytes_stage(s, path, run, notes)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def stage_web_prose(s: dict) -> dict:
+    return _prepare_stage(s, s["web_prose_path"], "web")
+
+
+def stage_web_sequences(s: dict) -> dict:
+    return _prepare_stage(s, s["web_seq_path"], "web")
+
+
+def stage_genbank_prepare(s: dict) -> dict:
+    return _prepare_stage(s, s["genbank_path"], "refseq")
+
+
+def stage_genbank_seqio(s: dict) -> dict:
+    from Bio import SeqIO
+
+    path = s["genbank_path"]
+
+    def run():
+        return sum(1 for _ in SeqIO.parse(path, "genbank"))
+
+    return _bytes_stage(s, path, run, lambda n: f"{n:,d} records")
+
+
+def _mixed_stage(s: dict, parallel: str, num_workers: int | None) -> dict:
+    """Web prose + web with sequences + GenBank in one preparation, cut into units of
+    `mixed_unit_bytes`: the same units locally and on Ray (the same dataset_sha256)."""
+    import os
+    import shutil
+
+    from bsm_ray.ingest.builders import RefSeqConfig, WebConfig
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
+
+    os.environ.setdefault("RAY_ADDRESS", "local")  # a Ray of its own, not a running cluster
+    out = s["dataset_dir"] + "-mixed-" + parallel + str(num_workers or "")
+    paths = [s["web_prose_path"], s["web_seq_path"], s["genbank_path"]]
+
+    def run():
+        return prepare_dataset(PrepareConfig(
+            sample=False, output_dir=out, progress=False, on_invalid="skip", parallel=parallel,
+            num_workers=num_workers, unit_bytes=s["mixed_unit_bytes"],
+            web=WebConfig(documents=paths[:2]), refseq=RefSeqConfig(genbank=paths[2:]),
+        ))  # fmt: skip
+
+    times, result = harness.timed(run, s["repeats"], s["warmup"])
+    shutil.rmtree(out, ignore_errors=True)
+    sha = result.manifest["dataset_sha256"]
+    return {"amount": sum(Path(p).stat().st_size for p in paths), "unit": "bytes",
+            "times": times, "notes": f"{result.num_units} units, sha256 {sha[:12]}",
+            "extra": {"dataset_sha256": sha, "num_units": result.num_units}}  # fmt: skip
+
+
+def stage_mixed_local(s: dict) -> dict:
+    return _mixed_stage(s, "local", None)
+
+
+def stage_mixed_ray_1(s: dict) -> dict:
+    return _mixed_stage(s, "ray", 1)
+
+
+def stage_mixed_ray_2(s: dict) -> dict:
+    return _mixed_stage(s, "ray", 2)
+
+
 STAGE_FUNCTIONS = {
     "generate": harness.stage_generate,
     "baseline": stage_baseline,
@@ -371,6 +621,16 @@ STAGE_FUNCTIONS = {
     "kmer_encode_batch": stage_kmer_encode_batch,
     "char_encode": stage_char_encode,
     "char_encode_batch": stage_char_encode_batch,
+    "web_json_loads": stage_web_json_loads,
+    "web_detector": stage_web_detector,
+    "web_prose": stage_web_prose,
+    "web_seq_json_loads": stage_web_seq_json_loads,
+    "web_sequences": stage_web_sequences,
+    "genbank_seqio": stage_genbank_seqio,
+    "genbank_prepare": stage_genbank_prepare,
+    "mixed_local": stage_mixed_local,
+    "mixed_ray_1": stage_mixed_ray_1,
+    "mixed_ray_2": stage_mixed_ray_2,
 }
 
 
@@ -421,8 +681,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the dataset prepare_dataset wrote (default: removed)",
     )
+    p.add_argument("--web-mb", type=float, default=None,
+                   help="MB of each web JSONL file (prose; with sequences); default 50, 2 quick")
+    p.add_argument("--genbank-mb", type=float, default=None,
+                   help="MB of the GenBank file (real records repeated); default 30, 1 quick")
+    p.add_argument("--mixed-unit-mb", type=float, default=None,
+                   help="unit size of the local-vs-Ray rows; default 8, 0.25 quick")  # fmt: skip
     harness.add_hidden_stage_args(p, STAGE_FUNCTIONS)
     args = p.parse_args(argv)
+    for name, full, quick in (("web_mb", 50.0, 2.0), ("genbank_mb", 30.0, 1.0),
+                              ("mixed_unit_mb", 8.0, 0.25)):  # fmt: skip
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     if args.genome_mbp is None:
         args.genome_mbp = QUICK_GENOME_MBP if args.quick else 50.0
     if args.char_mbp is None:
@@ -431,8 +701,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--genome-mbp, --char-mbp and --chunk-mb must be positive")
     if args.repeats < 1 or args.warmup < 0 or args.num_chromosomes < 1:
         p.error("--repeats >= 1, --warmup >= 0 and --num-chromosomes >= 1 are required")
+    if args.quick and args.stages == ",".join(STAGE_NAMES):  # each Ray row starts a Ray
+        args.stages = ",".join(n for n in STAGE_NAMES if n != "mixed_ray_1")
     harness.check_stages(p, args.stages, STAGE_NAMES)
     return args
+
+
+def _ratios(results: dict) -> dict:
+    """Speed ratios of the rows measured side by side (time of one / time of the other)."""
+
+    def med(name):
+        import statistics
+
+        r = results.get(name)
+        return statistics.median(r["times"]) if r and r.get("times") else None
+
+    out: dict = {"lines": []}
+    pairs = (("web_prose", "web_json_loads", "web prose through the job vs json.loads alone"),
+             ("web_sequences", "web_seq_json_loads", "web w/ seqs through the job vs json.loads"),
+             ("genbank_prepare", "genbank_seqio", "GenBank through the job vs SeqIO.parse"),
+             ("mixed_ray_1", "mixed_local", "ray 1 worker vs local (speed-up)"),
+             ("mixed_ray_2", "mixed_local", "ray 2 workers vs local (speed-up)"))  # fmt: skip
+    for slow, fast, label in pairs:
+        a, b = med(slow), med(fast)
+        if a and b:
+            out[f"{fast}/{slow}" if "ray" not in slow else f"{slow}_speedup"] = b / a
+            out["lines"].append(f"{label}: {b / a:.2f}x" if "ray" in slow
+                                else f"{label}: {b / a:.2f} of its speed")  # fmt: skip
+    shas = {results[n]["extra"]["dataset_sha256"] for n in ("mixed_local", "mixed_ray_1",
+            "mixed_ray_2") if n in results}  # fmt: skip
+    if shas:
+        out["same_dataset_sha256"] = len(shas) == 1
+        out["lines"].append(f"local and ray give the same dataset_sha256: {len(shas) == 1}")
+    return out
 
 
 def generate_row(genome: dict, genome_bp: int, baseline: float, record_desc: str) -> dict:
@@ -473,6 +774,8 @@ def main(argv: list[str] | None = None) -> dict:
         "warmup": args.warmup,
         "dataset_dir": str(out / "dataset"),
         "keep_dataset": bool(args.keep_dataset),
+        **ensure_text_inputs(out, args.web_mb, args.genbank_mb, args.seed),
+        "mixed_unit_bytes": int(args.mixed_unit_mb * 1e6),
     }
     started = time.time()
     genome = harness.ensure_genome(
@@ -527,6 +830,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"peak RSS = ru_maxrss of each stage's own subprocess"
     )
     print(harness.format_table(rows))
+    ratios = _ratios(results)
+    report["ratios"] = ratios
+    harness.atomic_write_json(result_path, report)
+    for line in ratios.get("lines", []):
+        print(line)
     if inherited:
         print(
             f"WARNING: ru_maxrss of {', '.join(inherited)} exceeds the stage's own VmHWM by "

@@ -268,15 +268,15 @@ def _import_common() -> None:
     import bsm_ray.data.masking  # noqa: F401
     import bsm_ray.data.pmi  # noqa: F401
     import bsm_ray.data.pmi_build  # noqa: F401
-    import bsm_ray.data.records  # noqa: F401
-    import bsm_ray.data.samples  # noqa: F401
+    import bsm_ray.ingest.records  # noqa: F401
+    import bsm_ray.ingest.samples  # noqa: F401
     import bsm_ray.tokenizers.kmer  # noqa: F401
 
 
 def _sample_rank_table():
     """The real NPMI rank table of the sample corpus (min_count 20); (table, details)."""
     from bsm_ray.data.pmi import KmerCounter, count_fasta, npmi_from_counts, rank_kmers, rank_table
-    from bsm_ray.data.samples import sample_inputs
+    from bsm_ray.ingest.samples import sample_inputs
 
     t0 = time.perf_counter()
     paths = sample_inputs()["pmi_fasta"]

@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> dict:
     import pyarrow.parquet as pq
     import ray
 
-    from bsm_ray.data.builders import GenomeConfig, stable_hash
     from bsm_ray.data.masking import apply_mask
     from bsm_ray.data.pipeline import StreamReader, StreamSpec
     from bsm_ray.data.pmi_build import PmiConfig, build_pmi_table, load_rank_table
-    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
-    from bsm_ray.data.samples import write_synthetic_genome
-    from bsm_ray.data.shards import shard_paths
     from bsm_ray.fileio import atomic_write_text
+    from bsm_ray.ingest.builders import GenomeConfig, stable_hash
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
+    from bsm_ray.ingest.samples import write_synthetic_genome
+    from bsm_ray.ingest.shards import shard_paths
     from bsm_ray.tokenizers import KmerTokenizer
 
     out = Path(args.out).resolve()

@@ -247,8 +247,8 @@ def steady(values: list[float]) -> dict:
 
 
 def stage_prepare(s: dict) -> dict:
-    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
     from bsm_ray.data.windows import causal_windows
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 
     t0 = time.perf_counter()
     result = prepare_dataset(

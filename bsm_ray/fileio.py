@@ -345,11 +345,11 @@ def open_text_bytes(path: str | os.PathLike) -> IO[bytes]:
     return fh
 
 
-def numbered_lines(stream: IO) -> Iterator[tuple[int, str | bytes]]:
-    """(1-based line number, line) of an opened input; a read failure (a truncated .gz, say)
-    raises its `InputError` naming the line the file broke off in."""
+def numbered_lines(stream: IO, first_line: int = 1) -> Iterator[tuple[int, str | bytes]]:
+    """(1-based line number, line) of an opened input whose first line is `first_line`; a read
+    failure (a truncated .gz, say) raises its `InputError` naming the line the file broke off in."""
     lines = iter(stream)
-    line_no = 0
+    line_no = first_line - 1
     while True:
         try:
             line = next(lines)
@@ -367,3 +367,49 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
         while chunk := fh.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class _RangeReader(io.RawIOBase):
+    """The bytes [start, stop) of a plain file (the share of one unit of work)."""
+
+    def __init__(self, path: str, start: int, stop: int) -> None:
+        super().__init__()
+        self._path, self._left = path, stop - start
+        self._fh = _open_file(path)
+        self._fh.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer)[: min(len(buffer), self._left)]
+        try:
+            n = self._fh.readinto(view)
+        except OSError as exc:
+            raise InputError(self._path, None, "unreadable_file", _first_line(exc)) from None
+        self._left -= n or 0
+        return n or 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self._fh.close()
+        super().close()
+
+
+def open_byte_range(path: str | os.PathLike, start: int, stop: int) -> IO[bytes]:
+    """Bytes [start, stop) of a plain (uncompressed) UTF-8 file, as `open_text_bytes` gives
+    them: the range holding the file's start gets the same checks (NUL bytes, byte-order mark).
+    Only files the preparation planner found splittable are read by range (see `ingest/units`)."""
+    path = os.fspath(path)
+    if start == 0:
+        fh = open_text_bytes(path)  # the checks of the file's first bytes, as for the whole
+        fh.close()
+    return io.BufferedReader(_RangeReader(path, start, stop), buffer_size=1 << 20)
+
+
+def open_text_range(path: str | os.PathLike, start: int, stop: int) -> IO[str]:
+    """`open_text` over bytes [start, stop) of a plain UTF-8 file (see `open_byte_range`)."""
+    path = os.fspath(path)
+    return _CheckedText(open_byte_range(path, start, stop), path, "utf-8", newline=None)

@@ -5,8 +5,9 @@
     python jobs/decontaminate.py --config jobs/configs/decontaminate_sample.yaml
 
 Writes a new dataset (the input is never modified) whose manifest and decontamination.json
-report the rows removed per evaluation set, rule, kind and split. See
-bsm_ray/data/decontaminate.py (DecontaminateConfig) for every setting.
+report the rows removed per evaluation set, rule, kind and split. With --set parallel=ray, one
+Ray task per input shard (the same output). See
+bsm_ray/ingest/decontaminate.py (DecontaminateConfig) for every setting.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from bsm_ray.cli import run_job  # noqa: E402
-from bsm_ray.data.decontaminate import (  # noqa: E402
+from bsm_ray.ingest.decontaminate import (  # noqa: E402
     DecontaminateConfig,
     decontaminate,
     format_report,

@@ -26,7 +26,7 @@ os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_STORE / 'mlflow.db'}"
 
 @pytest.fixture(scope="session")
 def bio_tests() -> Path:
-    from bsm_ray.data.samples import biopython_tests_dir
+    from bsm_ray.ingest.samples import biopython_tests_dir
 
     return biopython_tests_dir()
 
@@ -40,7 +40,7 @@ def genbank_dir(bio_tests: Path) -> Path:
 def dataset(tmp_path_factory) -> str:
     """A prepared sample dataset with a small synthetic genome, shared by the training tests
     (read only)."""
-    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 
     out = tmp_path_factory.mktemp("train-data") / "sample"
     prepare_dataset(PrepareConfig(output_dir=str(out), progress=False,

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from conftest import kill_node
 
-from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 from bsm_ray.train.context import read_metrics
 from bsm_ray.tune.sweep import finished_metrics
 

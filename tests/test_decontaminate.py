@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bsm_ray.data.decontaminate import DecontaminateConfig, decontaminate, kmer_hashes
-from bsm_ray.data.shards import read_manifest, shard_paths, verify_dataset
 from bsm_ray.errors import InputError
+from bsm_ray.ingest.decontaminate import DecontaminateConfig, decontaminate, kmer_hashes
+from bsm_ray.ingest.shards import read_manifest, shard_paths, verify_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,9 +88,9 @@ def test_bad_eval_files_are_clear_errors(dataset, tmp_path):
 def test_a_mix_source_without_train_rows_is_a_clear_error(tmp_path):
     """A source emptied (here: never prepared) fails before any worker starts; an empty
     validation split is allowed (that source is simply not evaluated)."""
-    from bsm_ray.data.builders import SingleInput
-    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
     from bsm_ray.errors import BsmRayError
+    from bsm_ray.ingest.builders import SingleInput
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
     from bsm_ray.train.config import DataConfig, TrainConfig
     from bsm_ray.train.context import build_windows
 
@@ -106,3 +106,20 @@ def test_a_mix_source_without_train_rows_is_a_clear_error(tmp_path):
     config.data.mix = {"single_dna": 1.0, "refseq_pair": 1.0}
     with pytest.raises(BsmRayError, match="source 'refseq_pair' has no train rows"):
         build_windows(config, "train")
+
+
+def test_ray_gives_the_local_decontaminated_dataset(dataset, tmp_path, ray_instance):
+    protein_row = next(r for r in _rows(dataset, "refseq_pair") if "protein" in r["modalities"])
+    (tmp_path / "planted.faa").write_text(f">p\n{_segment(protein_row, 'protein')}\n")
+    outs = {}
+    for parallel in ("local", "ray"):
+        outs[parallel] = decontaminate(DecontaminateConfig(
+            dataset=dataset, output_dir=str(tmp_path / parallel), parallel=parallel,
+            num_workers=2, progress=False, eval_sets={"planted": [str(tmp_path / "planted.faa")]},
+        ))  # fmt: skip
+    assert outs["local"]["eval_sets"]["planted"]["rows_removed"] >= 1
+    assert {k: v for k, v in outs["local"].items() if k != "seconds"} == {
+        k: v for k, v in outs["ray"].items() if k != "seconds"}  # fmt: skip
+    shas = {p: read_manifest(tmp_path / p)["dataset_sha256"] for p in outs}
+    assert shas["local"] == shas["ray"]
+    assert verify_dataset(tmp_path / "ray") == []

@@ -26,8 +26,8 @@ def test_metrics_against_hand_computed_values():
 
 @pytest.fixture(scope="module")
 def chloroplast_task():
-    from bsm_ray.data.samples import sample_inputs
     from bsm_ray.eval.central_dogma import CentralDogmaConfig, build_task
+    from bsm_ray.ingest.samples import sample_inputs
 
     genbank = [p for p in sample_inputs()["genbank"] if "NC_000932" in p]
     return build_task(CentralDogmaConfig(genbank=genbank))

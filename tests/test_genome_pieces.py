@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bsm_ray.data.builders import BuildContext, GenomeConfig, build_genome_pieces
-from bsm_ray.data.records import Ledger
-from bsm_ray.data.samples import write_synthetic_genome
 from bsm_ray.errors import InputError
+from bsm_ray.ingest.builders import BuildContext, GenomeConfig, build_genome_pieces
+from bsm_ray.ingest.records import Ledger
+from bsm_ray.ingest.samples import write_synthetic_genome
 
 
 def _pieces(path, cfg=None, seed=0, chunk_bytes=1 << 22, on_invalid="error"):
@@ -126,7 +126,7 @@ def test_synthetic_genome_streams_with_nuisances(tmp_path):
 def test_random_cds_translates_with_the_codon_table():
     from Bio.Seq import Seq
 
-    from bsm_ray.data.samples import random_cds
+    from bsm_ray.ingest.samples import random_cds
 
     rng = np.random.default_rng(0)
     for table in (1, 11):

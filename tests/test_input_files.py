@@ -21,15 +21,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bsm_ray.data.builders import (
+from bsm_ray.errors import BsmRayError, InputError
+from bsm_ray.ingest.builders import (
     GenePairsConfig,
     GenomeConfig,
     RefSeqConfig,
     SingleInput,
     WebConfig,
 )
-from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
-from bsm_ray.errors import BsmRayError, InputError
+from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUNCATED = (

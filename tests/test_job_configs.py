@@ -8,9 +8,9 @@ import pytest
 
 from bsm_ray.config import load_config
 from bsm_ray.data.pmi_build import PmiConfig
-from bsm_ray.data.prepare import PrepareConfig
 from bsm_ray.eval.promotion import PromoteConfig
 from bsm_ray.eval.suite import EvaluateConfig
+from bsm_ray.ingest.prepare import PrepareConfig
 from bsm_ray.train.config import TrainConfig
 from bsm_ray.tune.config import AnnealConfig
 

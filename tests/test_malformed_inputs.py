@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from bsm_ray.data.builders import (
+from bsm_ray.errors import BsmRayError, InputError
+from bsm_ray.ingest.builders import (
     BuildContext,
     RefSeqConfig,
     SingleInput,
     build_refseq_pairs,
     build_single,
 )
-from bsm_ray.data.prepare import PrepareConfig, input_rows, prepare_dataset
-from bsm_ray.data.records import Ledger, iter_fasta, iter_genbank, read_fasta_records
-from bsm_ray.errors import BsmRayError, InputError
+from bsm_ray.ingest.prepare import PrepareConfig, input_rows, prepare_dataset
+from bsm_ray.ingest.records import Ledger, iter_fasta, iter_genbank, read_fasta_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

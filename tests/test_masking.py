@@ -21,7 +21,7 @@ from bsm_ray.tokenizers.kmer import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 @pytest.fixture(scope="module")
 def real_ranks():
     """Rank table from real mammalian sequence (hg18 + mm9 rows shipped in Biopython's sdist)."""
-    from bsm_ray.data.samples import sample_inputs
+    from bsm_ray.ingest.samples import sample_inputs
 
     counter = count_fasta(sample_inputs()["pmi_fasta"][0])
     return rank_table(rank_kmers(npmi_from_counts(counter.as_mapping(), min_count=20)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 
 
 @pytest.fixture(scope="module")

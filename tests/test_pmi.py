@@ -173,9 +173,9 @@ def test_pmi_rows_are_consistent_with_npmi():
 
 def test_ray_parallel_counting_equals_local(tmp_path, ray_instance):
     """Genome shards counted as one Ray task per shard give exactly the local table."""
-    from bsm_ray.data.builders import GenomeConfig
-    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
-    from bsm_ray.data.samples import write_synthetic_genome
+    from bsm_ray.ingest.builders import GenomeConfig
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
+    from bsm_ray.ingest.samples import write_synthetic_genome
 
     genome = write_synthetic_genome(tmp_path / "g.fa", 400_000, seed=2)
     ds = tmp_path / "ds"

@@ -9,17 +9,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bsm_ray.data import shards as shards_mod
-from bsm_ray.data.builders import SingleInput
-from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
-from bsm_ray.data.shards import (
+from bsm_ray.errors import InputError
+from bsm_ray.ingest import shards as shards_mod
+from bsm_ray.ingest.builders import SingleInput
+from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
+from bsm_ray.ingest.shards import (
     DOC_SCHEMA,
     GENOME_SCHEMA,
     ShardWriter,
     read_manifest,
     verify_dataset,
 )
-from bsm_ray.errors import InputError
 from bsm_ray.tokenizers import BsmCharTokenizer, KmerTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,8 +149,8 @@ def test_unknown_config_key_is_a_one_line_error(tmp_path):
 
 def test_sample_corpus_without_registry_is_a_clear_error(tmp_path, monkeypatch):
     """With the package registry unreachable, building the sample corpus says so in one line."""
-    from bsm_ray.data.samples import biopython_tests_dir
     from bsm_ray.errors import SampleDataUnavailable
+    from bsm_ray.ingest.samples import biopython_tests_dir
 
     monkeypatch.setenv("BSM_RAY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # no index at all, and no local wheels/sdists

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from Bio import SeqIO
 
-from bsm_ray.data.builders import (
+from bsm_ray.errors import InputError
+from bsm_ray.ingest.builders import (
     BuildContext,
     RefSeqConfig,
     build_refseq_pairs,
     shuffled_combination,
 )
-from bsm_ray.data.records import Ledger
-from bsm_ray.errors import InputError
+from bsm_ray.ingest.records import Ledger
 from bsm_ray.tokenizers import BsmCharTokenizer
 
 

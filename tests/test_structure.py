@@ -73,6 +73,18 @@ def test_the_package_has_no_import_circles():
     assert _cycles(graph) == []
 
 
+def test_ingestion_imports_nothing_of_the_training_data_side():
+    """Files -> shards (bsm_ray/ingest) comes before shards -> batches (bsm_ray/data): data
+    imports ingest (its contract module, shards.py, above all), never the other way."""
+    graph = _graph()
+    ingest = [m for m in graph if m.startswith("bsm_ray.ingest.")]
+    assert "bsm_ray.ingest.shards" in ingest and "bsm_ray.ingest.shards" in graph[
+        "bsm_ray.data.stream_plan"]  # fmt: skip
+    for module in ingest:
+        wrong = sorted(t for t in graph[module] if t.startswith("bsm_ray.data."))
+        assert wrong == [], (module, wrong)
+
+
 def test_the_cycle_finder_finds_a_circle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

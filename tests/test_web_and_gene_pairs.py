@@ -8,7 +8,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bsm_ray.data.builders import (
+from bsm_ray.ingest.builders import (
     BuildContext,
     GenePairsConfig,
     WebConfig,
@@ -16,8 +16,8 @@ from bsm_ray.data.builders import (
     build_web,
     partition_2_or_3,
 )
-from bsm_ray.data.detect import DetectorConfig, detect_sequences
-from bsm_ray.data.records import Ledger
+from bsm_ray.ingest.detect import DetectorConfig, detect_sequences
+from bsm_ray.ingest.records import Ledger
 
 DNA60 = "ATGGCTAGCTAGGATCCGATTACAGGCATGCATTGACCGTAGCTAGCTAGGCTAACGTTA"
 PROT = "MKVLAAGIVGLLLAQSTHAEEKPWYDRCNFGHIKLM"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bsm_ray.data.builders import stable_hash
+from bsm_ray.ingest.builders import stable_hash
 
 
 @dataclass

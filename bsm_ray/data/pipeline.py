@@ -36,7 +36,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray.data
 
-from bsm_ray.data.shards import GENOME_KIND
 from bsm_ray.data.stream_plan import (
     Part,
     StreamPosition,
@@ -45,6 +44,7 @@ from bsm_ray.data.stream_plan import (
     part_rows,
     walk_parts,
 )
+from bsm_ray.ingest.shards import GENOME_KIND
 
 MLM_ROW_LEN = 512
 

@@ -156,7 +156,7 @@ def count_fasta(path: str, max_k: int = 6, chunk_bytes: int = 1 << 22) -> KmerCo
 
     Letters are uppercased first (soft-masked regions count like the rest).
     """
-    from bsm_ray.data.records import iter_fasta
+    from bsm_ray.ingest.records import iter_fasta
 
     counter = KmerCounter(max_k)
     carry = b""

@@ -95,11 +95,11 @@ def _count_input(kind: str, path: str, max_k: int) -> KmerCounter:
 
 
 def _inputs(config: PmiConfig) -> list[tuple[str, str]]:
-    from bsm_ray.data.shards import shard_paths
+    from bsm_ray.ingest.shards import shard_paths
 
     items = [("fasta", p) for p in config.fasta]
     if config.sample:
-        from bsm_ray.data.samples import sample_inputs
+        from bsm_ray.ingest.samples import sample_inputs
 
         items = [("fasta", p) for p in sample_inputs()["pmi_fasta"]] + items
     for ds in config.datasets:

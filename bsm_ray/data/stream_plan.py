@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from bsm_ray.data.builders import stable_hash
-from bsm_ray.data.shards import GENOME_KIND, shard_paths
+from bsm_ray.ingest.builders import stable_hash
+from bsm_ray.ingest.shards import GENOME_KIND, shard_paths
 
 
 @dataclass(frozen=True)

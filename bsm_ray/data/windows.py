@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from bsm_ray.data.shards import GENOME_KIND, shard_paths
+from bsm_ray.ingest.shards import GENOME_KIND, shard_paths
 from bsm_ray.tokenizers.char import EOS_ID, PAD_ID, BsmCharTokenizer
 from bsm_ray.tokenizers.kmer import KmerTokenizer
 

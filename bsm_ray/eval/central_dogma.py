@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bsm_ray.data.builders import gene_dna, item_rng, stable_hash, translation_check
-from bsm_ray.data.records import iter_genbank
 from bsm_ray.eval.metrics import accuracy, best_threshold, roc_auc
+from bsm_ray.ingest.builders import gene_dna, item_rng, stable_hash, translation_check
+from bsm_ray.ingest.records import iter_genbank
 from bsm_ray.tokenizers.char import EOS_ID, BsmCharTokenizer, format_document
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
@@ -71,8 +71,8 @@ class CentralDogmaConfig:
 def sample_genbank(record: str) -> list[str]:
     """The sample corpus's GenBank file of `record` (e.g. NC_000932, the chloroplast),
     fetched and cached like the sample."""
-    from bsm_ray.data.samples import sample_inputs
     from bsm_ray.errors import ConfigError
+    from bsm_ray.ingest.samples import sample_inputs
 
     found = [p for p in sample_inputs()["genbank"] if Path(p).name.startswith(record)]
     if not found:

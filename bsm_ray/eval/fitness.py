@@ -123,7 +123,7 @@ def read_sequence(value: str) -> str:
     from pathlib import Path
 
     if value and Path(value).is_file():
-        from bsm_ray.data.records import read_fasta_records
+        from bsm_ray.ingest.records import read_fasta_records
 
         for _id, _desc, _i, seq in read_fasta_records(value):
             return seq.upper()

@@ -58,8 +58,8 @@ def _is_masked_lm(model) -> bool:
 
 
 def _windows(cfg: PerplexityConfig, masked: bool):
-    from bsm_ray.data.shards import read_manifest
     from bsm_ray.data.windows import causal_windows, mlm_windows
+    from bsm_ray.ingest.shards import read_manifest
 
     manifest = read_manifest(Path(cfg.dataset))
     skipped: dict[str, str] = {}

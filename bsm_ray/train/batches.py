@@ -62,7 +62,7 @@ def resolve_pmi_table(path: str | None) -> str:
     if path is not None:
         return path
     from bsm_ray.data.pmi_build import PmiConfig, build_pmi_table
-    from bsm_ray.data.samples import cache_dir
+    from bsm_ray.ingest.samples import cache_dir
 
     path = str(cache_dir() / "npmi_6mer_sample.parquet")
     if not Path(path).is_file():

@@ -51,8 +51,8 @@ class TrainResult:
 
 def ensure_dataset(config: TrainConfig) -> None:
     """Prepare the sample dataset when the run points at the default path and it is missing."""
-    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
     from bsm_ray.errors import BsmRayError
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 
     if (Path(config.data.dataset) / "manifest.json").is_file():
         return

@@ -86,7 +86,7 @@ def _tune_threshold(config: AnnealConfig) -> bool:
 
 
 def _val_sources(config: AnnealConfig) -> set[str]:
-    from bsm_ray.data.shards import read_manifest
+    from bsm_ray.ingest.shards import read_manifest
 
     totals = read_manifest(config.train.data.dataset)["totals"]
     return {kind for kind, splits in totals.items() if splits.get("val", {}).get("rows", 0) > 0}
@@ -597,7 +597,7 @@ def _sweep(config, spec, sweep_dir, resume, weights, parent_run_id) -> SweepOutc
 
 
 def _train_sources(config: AnnealConfig) -> set[str]:
-    from bsm_ray.data.shards import read_manifest
+    from bsm_ray.ingest.shards import read_manifest
 
     totals = read_manifest(config.train.data.dataset)["totals"]
     return {k for k, s in totals.items() if s.get("train", {}).get("rows", 0) > 0}

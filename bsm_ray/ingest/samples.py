@@ -411,7 +411,7 @@ def sample_inputs(seed: int = 0, synthetic_genome_bp: int = 200_000) -> dict:
 
 def sample_prepare_inputs(config):
     """Return (config with the sample inputs added in front, set of synthetic input paths)."""
-    from bsm_ray.data.builders import SingleInput
+    from bsm_ray.ingest.builders import SingleInput
 
     idx = sample_inputs(config.seed, config.sample_synthetic_genome_bp)
     refseq = dataclasses.replace(

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from bsm_ray.errors import InputError
-from bsm_ray.fileio import open_text, open_text_bytes
+from bsm_ray.fileio import open_byte_range, open_text, open_text_bytes, open_text_range
 from bsm_ray.tokenizers.alphabets import first_invalid
 
 OnInvalid = Literal["error", "skip"]
@@ -71,6 +71,18 @@ class Ledger:
         if example is not None and len(self.examples[key]) < MAX_EXAMPLES_PER_REASON:
             self.examples[key].append(example)
 
+    def merge(self, other: dict) -> None:
+        """Add the counts and examples of another ledger (`as_dict` form), as if its records
+        had come after this one's: the ledgers of consecutive units add up to the ledger of
+        one sequential run."""
+        for table_name in ("skipped", "notes"):
+            table = getattr(self, table_name)
+            for kind, counts in other[table_name].items():
+                table[kind].update(counts)
+        for key, examples in other["examples"].items():
+            room = MAX_EXAMPLES_PER_REASON - len(self.examples[key])
+            self.examples[key].extend(examples[: max(room, 0)])
+
     def num_skipped(self, kind: str | None = None) -> int:
         kinds = [kind] if kind else list(self.skipped)
         return sum(sum(self.skipped[k].values()) for k in kinds)
@@ -90,6 +102,28 @@ class Ledger:
                 for reason, n in sorted(counts.items()):
                     lines.append(f"  {title:8s} {kind:16s} {reason:40s} {n:>10,d}")
         return lines
+
+
+@dataclass(frozen=True)
+class InputPart:
+    """A unit's share of one input file, cut at record boundaries by the planner (`units.py`).
+
+    Byte ranges (FASTA, GenBank, JSONL lines) hold [start, stop); `first_line` is the 1-based
+    line number of `start` and `first_record` the number of records before it, so messages and
+    ids name the same line and record number as a read of the whole file. Parquet parts are row
+    groups instead, with `first_record` the rows before the first of them.
+    """
+
+    start: int = 0
+    stop: int = 0
+    first_line: int = 1
+    first_record: int = 0
+    row_groups: tuple[int, ...] | None = None
+
+
+def open_part_bytes(path: str, part: InputPart | None):
+    """`open_text_bytes(path)`, or only the bytes of `part`."""
+    return open_text_bytes(path) if part is None else open_byte_range(path, part.start, part.stop)
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -132,7 +166,9 @@ _WHITESPACE = b" \t\r\n\v\f"
 _READ_BYTES = 1 << 20
 
 
-def iter_fasta(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[FastaChunk]:
+def iter_fasta(
+    path: str | Path, chunk_bytes: int = 1 << 22, part: InputPart | None = None
+) -> Iterator[FastaChunk]:
     """Stream a FASTA file (plain or compressed) as bounded chunks of each record's sequence.
 
     Chunks hold at most `chunk_bytes` letters, so memory is O(chunk_bytes) whatever the record
@@ -140,19 +176,21 @@ def iter_fasta(path: str | Path, chunk_bytes: int = 1 << 22) -> Iterator[FastaCh
     `bytes.translate` per block (no per-line Python loop). A record with a header and no
     sequence yields one empty chunk (so the caller can reject it as empty). Raises `InputError`
     for data before the first header, for a header with no id, and for a file that cannot be
-    read to its end (naming the record being read when it broke off).
+    read to its end (naming the record being read when it broke off). With `part`, only that
+    byte range is read (it starts at a header line; record numbers and line numbers count from
+    the file's start).
     """
     path = str(path)
     record_id: str | None = None
     description = ""
-    index = -1
+    index = -1 if part is None else part.first_record - 1
     buf: list[bytes] = []
     size = 0
     first = True
-    lines_done = 0  # newlines in the blocks already processed (for error line numbers)
+    lines_done = 0 if part is None else part.first_line - 1  # newlines before this block
     pending = b""
     held = b""  # a block's final CR, held back: it may be the first half of a CRLF
-    with open_text_bytes(path) as fh:
+    with open_part_bytes(path, part) as fh:
         eof = False
         while not eof:
             try:
@@ -265,7 +303,9 @@ def repaired_record_error(path: str, record: str, repairs: list[str]) -> InputEr
     return InputError(path, record, "parser_warning", detail)
 
 
-def parse_genbank(path: str | Path) -> Iterator[tuple[object, list[str]]]:
+def parse_genbank(
+    path: str | Path, part: InputPart | None = None
+) -> Iterator[tuple[object, list[str]]]:
     """Yield (Biopython SeqRecord, parser warnings raised while reading it) from a GenBank file
     (plain or compressed), one record at a time.
 
@@ -273,14 +313,18 @@ def parse_genbank(path: str | Path) -> Iterator[tuple[object, list[str]]]:
     becomes an `InputError` naming the record number (and the last good record's id) where it
     happened: `malformed_genbank` for the parser's, the file's own reason otherwise. Warnings
     are caught per record (`warnings.catch_warnings(record=True)`), never printed; warnings
-    other than `BiopythonParserWarning` are passed on unchanged.
+    other than `BiopythonParserWarning` are passed on unchanged. With `part`, only that byte
+    range is read (it starts at a LOCUS line; record numbers count from the file's start; the
+    "after <id>" of a failure in a part's first record is not known there and left out).
     """
     from Bio import BiopythonParserWarning, SeqIO
 
     path = str(path)
-    index = 0
+    index = 0 if part is None else part.first_record
+    first_index = index
     last_id = None
-    with open_text(path) as handle:
+    opened = open_text(path) if part is None else open_text_range(path, part.start, part.stop)
+    with opened as handle:
         it = SeqIO.parse(handle, "genbank")
         while True:
             where = f"#{index + 1}" + (f" (after {last_id})" if last_id else "")
@@ -309,7 +353,7 @@ def parse_genbank(path: str | Path) -> Iterator[tuple[object, list[str]]]:
             index += 1
             last_id = genbank_label(record)
             yield record, repairs
-    if index == 0:
+    if index == first_index and (part is None or part.start == 0):
         raise InputError(path, None, "malformed_genbank", "no GenBank record found")
 
 

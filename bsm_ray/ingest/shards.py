@@ -3,7 +3,8 @@
 Layout of a prepared dataset (`output_dir`):
 
     manifest.json                       counts, token counts, hashes, skips (see `Manifest`)
-    <kind>/<split>/part-00000.parquet   kind in DOC_KINDS or "genome"; split in train/val
+    <kind>/<split>/part-<unit>-<n>.parquet   kind in DOC_KINDS or "genome"; split in train/val;
+                                        <unit>: the unit of preparation work (ingest/units.py)
 
 Schemas (documented here and in the README; changing a field is a format change):
 
@@ -80,6 +81,15 @@ GENOME_SCHEMA = pa.schema(
 )
 
 
+@dataclass
+class ShardList:
+    """The shards of one (kind, split), as `build_manifest` takes them (like a ShardWriter's)."""
+
+    kind: str
+    split: str
+    shards: list
+
+
 def schema_for(kind: str) -> pa.Schema:
     return GENOME_SCHEMA if kind == GENOME_KIND else DOC_SCHEMA
 
@@ -108,6 +118,7 @@ class ShardWriter:
         rows_per_shard: int = 50_000,
         bytes_per_shard: int = 256 << 20,
         compression: str = "zstd",
+        stem: str = "part",
     ) -> None:
         self.root = Path(root)
         self.kind = kind
@@ -116,6 +127,7 @@ class ShardWriter:
         self.rows_per_shard = rows_per_shard
         self.bytes_per_shard = bytes_per_shard
         self.compression = compression
+        self.stem = stem  # shard files: <stem>-00000.parquet, ...
         self._columns: dict[str, list] = {name: [] for name in self.schema.names}
         self._buffered_bytes = 0
         self._buffered_tokens = 0
@@ -139,7 +151,7 @@ class ShardWriter:
         if self.num_buffered == 0:
             return
         table = pa.table(self._columns, schema=self.schema)
-        rel = Path(self.kind) / self.split / f"part-{len(self.shards):05d}.parquet"
+        rel = Path(self.kind) / self.split / f"{self.stem}-{len(self.shards):05d}.parquet"
         final = self.root / rel
         with atomic_path(final) as tmp, pq.ParquetWriter(tmp, self.schema,
                                                          compression=self.compression) as out:

@@ -36,23 +36,24 @@ from pathlib import Path
 
 import numpy as np
 
-from bsm_ray.data.detect import DetectorConfig, detect_sequences
-from bsm_ray.data.records import (
-    Ledger,
-    genbank_label,
-    iter_fasta,
-    parse_genbank,
-    read_fasta_records,
-    repaired_record_error,
-    validate_sequence,
-)
 from bsm_ray.errors import InputError
 from bsm_ray.fileio import (
     numbered_lines,
     open_text,
-    open_text_bytes,
     sniff_format,
     undecodable_line_error,
+)
+from bsm_ray.ingest.detect import DetectorConfig, candidate_blocks, detect_sequences
+from bsm_ray.ingest.records import (
+    InputPart,
+    Ledger,
+    genbank_label,
+    iter_fasta,
+    open_part_bytes,
+    parse_genbank,
+    read_fasta_records,
+    repaired_record_error,
+    validate_sequence,
 )
 from bsm_ray.tokenizers.alphabets import first_invalid, guess_modality
 from bsm_ray.tokenizers.char import BsmCharTokenizer, format_document
@@ -156,7 +157,7 @@ class SingleInput:
 
 
 def build_single(
-    spec: SingleInput, ctx: BuildContext, max_doc_letters: int
+    spec: SingleInput, ctx: BuildContext, max_doc_letters: int, part: InputPart | None = None
 ) -> Iterator[tuple[str, Row]]:
     kind = f"single_{spec.modality}"
     ledger, seen_ids = ctx.ledger, ctx.seen[kind]
@@ -164,12 +165,12 @@ def build_single(
     pending: list[tuple[str, bytes]] = []
     skipping = False
     offset = 0
-    part = 0
+    doc_part = 0
     record_id = ""
-    for chunk in iter_fasta(path, chunk_bytes=max_doc_letters):
+    for chunk in iter_fasta(path, chunk_bytes=max_doc_letters, part=part):
         if chunk.first:
             ctx.records_read[path] += 1
-            pending, skipping, offset, part = [], False, 0, 0
+            pending, skipping, offset, doc_part = [], False, 0, 0
             record_id = chunk.record_id
             if record_id in seen_ids:
                 ledger.invalid(kind, InputError(path, record_id, "duplicate_id"))
@@ -196,8 +197,8 @@ def build_single(
             skipping, pending = True, []
             continue
         if seq:
-            pending.append((f"{record_id}/part{part}", seq))
-            part += 1
+            pending.append((f"{record_id}/part{doc_part}", seq))
+            doc_part += 1
         offset += len(seq)
         if chunk.last:
             if offset == 0:
@@ -278,14 +279,14 @@ def gene_dna(feature, record_seq, flank_bp: int) -> tuple[str | None, str | None
 
 
 def build_refseq_pairs(
-    config: RefSeqConfig, path: str, ctx: BuildContext
+    config: RefSeqConfig, path: str, ctx: BuildContext, part: InputPart | None = None
 ) -> Iterator[tuple[str, Row]]:
     from Bio.Data.CodonTable import unambiguous_dna_by_id
     from Bio.Seq import UndefinedSequenceError
 
     kind = "refseq_pair"
     ledger, seen_ids = ctx.ledger, ctx.seen[kind]
-    for record, repairs in parse_genbank(path):
+    for record, repairs in parse_genbank(path, part):
         ctx.records_read[path] += 1
         rid = genbank_label(record)
         if repairs:  # Biopython guessed at part of this record: none of it is trusted
@@ -574,10 +575,11 @@ def _parquet_error(path: str, exc: Exception, where: str | None = None) -> Input
     return InputError(path, where, "malformed_parquet", text)
 
 
-def _parquet_batches(path: str, columns: list[str]):
-    """Yield a Parquet file's column names, then record batches of those `columns` it has. A
-    file that is not Parquet, is cut short (no footer) or has a corrupt page raises
-    `InputError(malformed_parquet)`, naming the row where the failure starts."""
+def _parquet_batches(path: str, columns: list[str], part: InputPart | None = None):
+    """Yield a Parquet file's column names, then record batches of those `columns` it has (of
+    the row groups of `part` only, when given). A file that is not Parquet, is cut short (no
+    footer) or has a corrupt page raises `InputError(malformed_parquet)`, naming the row where
+    the failure starts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -587,8 +589,11 @@ def _parquet_batches(path: str, columns: list[str]):
     except (pa.ArrowException, OSError) as exc:
         raise _parquet_error(path, exc) from None
     yield names
-    rows = 0
-    batches = pf.iter_batches(columns=[c for c in columns if c in names], batch_size=4096)
+    rows = 0 if part is None else part.first_record
+    batches = pf.iter_batches(
+        columns=[c for c in columns if c in names], batch_size=4096,
+        row_groups=None if part is None else list(part.row_groups or ()),
+    )  # fmt: skip
     while True:
         try:
             batch = next(batches)
@@ -600,18 +605,20 @@ def _parquet_batches(path: str, columns: list[str]):
         yield batch
 
 
-def _iter_text_documents(path: str, cfg: WebConfig, ctx: BuildContext) -> Iterator[tuple[str, str]]:
+def _iter_text_documents(
+    path: str, cfg: WebConfig, ctx: BuildContext, part: InputPart | None = None
+) -> Iterator[tuple[str, str]]:
     kind = "web"
     ledger = ctx.ledger
     # Parquet by its leading magic bytes, or by name (so an empty or garbled .parquet file is
     # reported as bad Parquet, not as bad JSON lines).
     if path.endswith(".parquet") or sniff_format(path) == "parquet":
-        batches = _parquet_batches(path, [cfg.text_field, cfg.id_field])
+        batches = _parquet_batches(path, [cfg.text_field, cfg.id_field], part)
         names = next(batches)
         if cfg.text_field not in names:
             raise InputError(path, None, "missing_text_column", cfg.text_field)
         has_id = cfg.id_field in names
-        row = 0
+        row = 0 if part is None else part.first_record
         for batch in batches:
             texts = batch.column(cfg.text_field).to_pylist()
             ids = batch.column(cfg.id_field).to_pylist() if has_id else [None] * len(texts)
@@ -625,8 +632,8 @@ def _iter_text_documents(path: str, cfg: WebConfig, ctx: BuildContext) -> Iterat
         return
     # JSONL: one JSON value per LF-separated line; each line is decoded on its own, so a line
     # that is not UTF-8 is one invalid document, not the end of the file.
-    with open_text_bytes(path) as fh:
-        for line_no, raw in numbered_lines(fh):
+    with open_part_bytes(path, part) as fh:
+        for line_no, raw in numbered_lines(fh, 1 if part is None else part.first_line):
             if not raw.strip():
                 continue
             ctx.records_read[path] += 1
@@ -650,16 +657,20 @@ def _iter_text_documents(path: str, cfg: WebConfig, ctx: BuildContext) -> Iterat
             yield (str(doc_id) if doc_id is not None else f"{path}:{line_no}"), text
 
 
-def build_web(cfg: WebConfig, path: str, ctx: BuildContext) -> Iterator[tuple[str, Row]]:
+def build_web(
+    cfg: WebConfig, path: str, ctx: BuildContext, part: InputPart | None = None
+) -> Iterator[tuple[str, Row]]:
     kind = "web"
     ledger, seen_ids = ctx.ledger, ctx.seen[kind]
-    for doc_id, text in _iter_text_documents(path, cfg, ctx):
+    for doc_id, text in _iter_text_documents(path, cfg, ctx, part):
         ctx.stats["web/documents_read"] += 1
         if doc_id in seen_ids:
             ledger.invalid(kind, InputError(path, doc_id, "duplicate_id"))
             continue
         seen_ids.add(doc_id)
-        found = detect_sequences(text, cfg.detector)
+        # The prefilter's bound: most prose is rejected here without the per-word rules.
+        few = candidate_blocks(text, cfg.detector) < cfg.min_sequences
+        found = [] if few else detect_sequences(text, cfg.detector)
         if len(found) < cfg.min_sequences:
             ledger.note(kind, f"fewer_than_{cfg.min_sequences}_sequences")
             continue
@@ -725,7 +736,11 @@ class _PieceLengths:
 
 
 def build_genome_pieces(
-    cfg: GenomeConfig, path: str, ctx: BuildContext, chunk_bytes: int = 1 << 22
+    cfg: GenomeConfig,
+    path: str,
+    ctx: BuildContext,
+    chunk_bytes: int = 1 << 22,
+    part: InputPart | None = None,
 ) -> Iterator[tuple[str, Row]]:
     """Stream one genome FASTA into pieces; memory O(chunk_bytes) per chromosome.
 
@@ -739,10 +754,16 @@ def build_genome_pieces(
 
     with tqdm(desc=f"  {Path(path).name}", unit="bp", unit_scale=True, leave=False,
               disable=not ctx.progress) as progress:  # fmt: skip
-        yield from _genome_pieces(cfg, path, ctx, chunk_bytes, progress)
+        yield from _genome_pieces(cfg, path, ctx, chunk_bytes, progress, part)
 
 
-def _genome_pieces(cfg, path, ctx, chunk_bytes, progress):
+def genome_chrom_scope(path: str) -> str:
+    """The `BuildContext.seen` key of one genome file's chromosome ids (duplicates are
+    looked for within a file; pieces are deduplicated across every file)."""
+    return f"genome_chroms:{path}"
+
+
+def _genome_pieces(cfg, path, ctx, chunk_bytes, progress, part):
     kind = "genome"
     ledger = ctx.ledger
     carry = b""
@@ -752,8 +773,8 @@ def _genome_pieces(cfg, path, ctx, chunk_bytes, progress):
     invalid = False
     chrom = ""
     chrom_bp = 0  # letters read of this chromosome, N included
-    seen_chroms: set[str] = set()
-    for chunk in iter_fasta(path, chunk_bytes=chunk_bytes):
+    seen_chroms = ctx.seen[genome_chrom_scope(path)]
+    for chunk in iter_fasta(path, chunk_bytes=chunk_bytes, part=part):
         progress.update(len(chunk.seq))
         if chunk.first:
             ctx.records_read[path] += 1

@@ -23,6 +23,16 @@ detector, with every threshold a `DetectorConfig` field:
 Examples: "the primer ATGCGTACGTTAGC ..." (14 nt, below min_len 20) is not a sequence;
 "1 atgaccatga ttacgccaag 21 cttgcatgcc tgcaggtcga" is one DNA sequence of 40 nt.
 
+Prefilter (same answers, most text never reaches the per-word rules): the first block of a
+run has at least m = min(min_len, min_block_len) letters (a run of one block has min_len of
+them; in a longer run the first block is not the last), and a block is a substring of the text
+of letters of one class: uppercase letters but J and '*' (nucleotide or protein), or lowercase
+a c g t u n. So a text with fewer than k such substrings of m letters (counted without overlap,
+which counts every first block at least once) holds fewer than k sequences. `candidate_blocks`
+counts them with one `bytes.translate` (classes -> 'U' / 'l', everything else -> ' ') and two
+`bytes.count`s, all in C; `detect_sequences` returns [] when there is none, and
+the bound lets a caller with a threshold (web documents: 3) skip the rest.
+
 Pure module: standard library only.
 """
 
@@ -35,6 +45,11 @@ _NUC_UPPER = re.compile(r"[ACGTUN]+")
 _NUC_LOWER = re.compile(r"[acgtun]+")
 _PROTEIN = re.compile(r"[ACDEFGHIKLMNPQRSTVWYBZXUO*]+")
 _DIGITS = re.compile(r"\d+")
+_CLASSES = bytes(
+    ord("U") if (65 <= b <= 90 and b != ord("J")) or b == ord("*")
+    else ord("l") if b in b"acgtun" else ord(" ")
+    for b in range(256)
+)  # fmt: skip
 _LEAD = "("
 _TRAIL = ".,;:)"
 
@@ -58,6 +73,16 @@ class DetectedSequence:
     line: int  # 1-based line where the run starts
 
 
+def candidate_blocks(text: str, config: DetectorConfig | None = None) -> int:
+    """An upper bound on the number of sequences in `text` (see the module docstring)."""
+    cfg = config or DetectorConfig()
+    m = min(cfg.min_len, cfg.min_block_len)
+    if m < 1:
+        return len(text) + 1  # no bound: every text goes through the rules
+    classes = text.encode("utf-8", "surrogatepass").translate(_CLASSES)
+    return classes.count(b"U" * m) + classes.count(b"l" * m)
+
+
 def _classify(word: str) -> str | None:
     if _NUC_UPPER.fullmatch(word) or _NUC_LOWER.fullmatch(word):
         return "nuc"
@@ -69,6 +94,8 @@ def _classify(word: str) -> str | None:
 def detect_sequences(text: str, config: DetectorConfig | None = None) -> list[DetectedSequence]:
     """All biological sequences found in `text`, in order of appearance."""
     cfg = config or DetectorConfig()
+    if candidate_blocks(text, cfg) == 0:
+        return []
     found: list[DetectedSequence] = []
     run_kind: str | None = None
     run_blocks: list[str] = []

@@ -20,6 +20,10 @@ Evaluation sets are files: FASTA (`.fa`, `.fasta`, `.fna`, `.faa`, ...), CSV/TSV
 or Parquet; from tables every column named in `columns` that exists is read. A file with no
 sequence column is an error naming the file and the columns it has.
 
+Each input shard is one unit of work, run in this process or as a Ray task (`parallel`), that
+writes its own output shards (named after it); the driver adds up the reports in shard order,
+so the output and its `dataset_sha256` are the same either way.
+
 k-mers are hashed with a vectorized rolling hash (numpy, uint64 arithmetic mod 2**64) and
 looked up in a sorted array; no per-letter Python loop.
 """
@@ -33,23 +37,26 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from bsm_ray.config import to_dict
-from bsm_ray.data.shards import (
+from bsm_ray.errors import BsmRayError, InputError
+from bsm_ray.fileio import atomic_write_text
+from bsm_ray.ingest.shards import (
     DOC_KINDS,
     GENOME_KIND,
     SPLITS,
+    ShardInfo,
+    ShardList,
     ShardWriter,
     build_manifest,
     read_manifest,
     shard_paths,
     write_manifest,
 )
-from bsm_ray.errors import BsmRayError, InputError
-from bsm_ray.fileio import atomic_write_text
 
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".faa", ".ffn", ".nu", ".pro", ".seq")
 _BASE = np.uint64(0x100000001B3)  # FNV prime as the rolling-hash base
@@ -73,6 +80,12 @@ class DecontaminateConfig:
     """Fraction of a segment's k-mers found in a set that makes it contaminated."""
     rows_per_shard: int = 50_000
     overwrite: bool = False
+    parallel: Literal["auto", "ray", "local"] = "auto"
+    """One unit per input shard, run here (local), as Ray tasks (ray), or as Ray tasks when
+    RAY_ADDRESS names a cluster (auto); the output is the same either way."""
+    num_workers: int | None = None
+    """With Ray: the most shards decontaminated at once (None: the cluster's CPUs)."""
+    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.k < 4:
@@ -101,7 +114,7 @@ def kmer_hashes(seq: str, k: int) -> np.ndarray:
 
 def read_eval_sequences(path: str, columns: list[str]) -> list[str]:
     """The sequences of one evaluation file (normalized)."""
-    from bsm_ray.data.records import read_fasta_records
+    from bsm_ray.ingest.records import read_fasta_records
 
     p = Path(path)
     if not p.is_file():
@@ -173,9 +186,7 @@ def row_segments(kind: str, row: dict) -> list[str]:
 
 def decontaminate(cfg: DecontaminateConfig) -> dict:
     """Write the decontaminated dataset; return the report (also in the new manifest)."""
-    from tqdm import tqdm
-
-    from bsm_ray.data.prepare import publish_dataset
+    from bsm_ray.ingest.prepare import TaskRunner, publish_dataset
 
     if not cfg.eval_sets:
         raise BsmRayError("decontaminate: no eval_sets given")
@@ -195,29 +206,21 @@ def decontaminate(cfg: DecontaminateConfig) -> dict:
     staging = final.with_name(f".{final.name}.staging-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    writers = []
+    # One unit per input shard (fixed by the input): each writes its own output shards named
+    # after it, so the output does not depend on where the units ran.
+    calls = [(kind, split, str(path), str(staging), indexes, cfg)
+             for kind in (*DOC_KINDS, GENOME_KIND) for split in SPLITS
+             for path in shard_paths(src, kind, split)]  # fmt: skip
     try:
-        for kind in (*DOC_KINDS, GENOME_KIND):
-            for split in SPLITS:
-                paths = shard_paths(src, kind, split)
-                if not paths:
-                    continue
-                writer = ShardWriter(staging, kind, split, rows_per_shard=cfg.rows_per_shard)
-                for path in tqdm(paths, desc=f"decontaminate {kind}/{split}", unit="shard",
-                                 disable=len(paths) < 4):  # fmt: skip
-                    for row in pq.read_table(path).to_pylist():
-                        scanned[f"{kind}/{split}"] += 1
-                        hit = _first_match(kind, row, indexes, cfg)
-                        if hit is None:
-                            writer.add(row)
-                            continue
-                        name, rule = hit
-                        removed[name][f"{kind}/{split}/{rule}"] += 1
-                        if len(examples[name]) < 5:
-                            key = row.get("doc_id") or row.get("piece_id")
-                            examples[name].append(f"{kind}/{split} {key} ({rule})")
-                writer.close()
-                writers.append(writer)
+        results = TaskRunner(cfg).map(decontaminate_shard, calls, "decontaminate")
+        shard_lists: dict[tuple[str, str], list] = {}
+        for (kind, split, *_rest), r in zip(calls, results, strict=True):
+            scanned[f"{kind}/{split}"] += r["scanned"]
+            shard_lists.setdefault((kind, split), []).extend(ShardInfo(**i) for i in r["shards"])
+            for name, counts in r["removed"].items():
+                removed[name].update(counts)
+                examples[name].extend(r["examples"][name][: 5 - len(examples[name])])
+        writers = [ShardList(kind, split, infos) for (kind, split), infos in shard_lists.items()]
         report = {
             "source_dataset": str(src),
             "source_dataset_sha256": manifest.get("dataset_sha256", ""),
@@ -253,6 +256,29 @@ def decontaminate(cfg: DecontaminateConfig) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return report
+
+
+def decontaminate_shard(kind, split, path, staging, indexes, cfg) -> dict:
+    """One input shard's rows without the contaminated ones, written as shards named after it
+    into `staging`; returns the shard list, rows scanned, removals and examples per set."""
+    writer = ShardWriter(Path(staging), kind, split, rows_per_shard=cfg.rows_per_shard,
+                         stem=Path(path).stem)  # fmt: skip
+    removed: dict[str, Counter] = {ix.name: Counter() for ix in indexes}
+    examples: dict[str, list[str]] = {ix.name: [] for ix in indexes}
+    rows = pq.read_table(path).to_pylist()
+    for row in rows:
+        hit = _first_match(kind, row, indexes, cfg)
+        if hit is None:
+            writer.add(row)
+            continue
+        name, rule = hit
+        removed[name][f"{kind}/{split}/{rule}"] += 1
+        if len(examples[name]) < 5:
+            key = row.get("doc_id") or row.get("piece_id")
+            examples[name].append(f"{kind}/{split} {key} ({rule})")
+    writer.close()
+    return {"shards": [i.__dict__ for i in writer.shards], "scanned": len(rows),
+            "removed": {n: dict(c) for n, c in removed.items()}, "examples": examples}  # fmt: skip
 
 
 def _first_match(kind, row, indexes, cfg) -> tuple[str, str] | None:

@@ -1,0 +1,358 @@
+"""Units of preparation work: planned from the input, run anywhere, recorded, deduplicated.
+
+A unit is fixed by the input and the config, never by the number of workers:
+- FASTA (single-modal, genome) and GenBank files are cut into byte ranges of about
+  `unit_bytes`, each starting at a record (a '>' header line, a LOCUS line): a record is never
+  split, so a chromosome is one unit (genome pieces are not cut per byte range inside a
+  chromosome; a chromosome's pieces come from one unit);
+- JSONL web documents into line-aligned byte ranges; Parquet web documents by row group;
+- compressed files, files with a byte-order mark or CR line ends, and the gene map with its
+  FASTA files are one unit each.
+
+`plan_input` reads a file once: its sha256 (for the manifest) and the cut points, with the
+line and record numbers before each cut, so a unit names the same line and record numbers,
+and builds the same ids, as a read of the whole file.
+
+`run_unit` runs one unit's builder over its part with a ledger of its own, writes its shards
+(`<kind>/<split>/part-<unit>-<n>.parquet`) straight into the dataset's staging directory, and
+records the outcome as `_units/u<unit>.p<phase>.json` (shard list, ledger, statistics, rows,
+the error that stopped it): finished units are not run again after a crash. Phase 1 runs
+every unit with nothing seen before it and also writes the keys it checked for duplicates
+(record ids per kind, chromosome ids per genome file, genome piece digests) to
+`_units/u<unit>.keys.parquet`. `earlier_keys` finds, by hash partition of the keys, the keys of
+each unit that an earlier unit already had; only units with such keys run again (phase 2),
+with those keys marked seen, which gives exactly what one sequential run gives: the first
+occurrence in input order wins. Everything per record (splits, pair composition, genome piece
+lengths) is already seeded per item, so a unit's rows do not depend on where it runs.
+
+Imports pyarrow, Biopython (through the builders); no ray, torch or mlflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bsm_ray.errors import InputError
+from bsm_ray.fileio import atomic_path, atomic_write_text, check_readable_file, sniff_format
+from bsm_ray.ingest.builders import (
+    BuildContext,
+    build_gene_pairs,
+    build_genome_pieces,
+    build_refseq_pairs,
+    build_single,
+    build_web,
+)
+from bsm_ray.ingest.records import InputPart, Ledger
+from bsm_ray.ingest.shards import ShardInfo, ShardWriter
+
+UNITS_DIR = "_units"
+KEY_BUCKETS = 16
+"""Hash partitions of the duplicate keys (fixed: the partition of a key never depends on the
+number of workers)."""
+FAULT_ENV = "BSM_RAY_PREPARE_FAULT_UNIT"
+"""Tests: a unit whose index is this value fails (to check resumption after a crash)."""
+_BLOCK = 8 << 20
+# The line start that opens a record, per format (JSONL: every line).
+_MARKERS = {"fasta": b">", "genbank": b"LOCUS", "jsonl": b""}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input of the preparation, in input order: a builder over one or more files."""
+
+    kind: str  # shard kind (single_dna, refseq_pair, ..., genome)
+    builder: str  # single, refseq, gene_pairs, web, genome
+    index: int  # position in its config list (config.single[index], ...)
+    paths: tuple[str, ...]  # the input files; paths[0] names the input in messages
+    layout: str | None  # fasta, genbank, jsonl, parquet: how it may be cut; None: whole
+
+
+@dataclass(frozen=True)
+class Unit:
+    index: int
+    source: int  # index into the plan's sources
+    part: InputPart | None  # None: the whole input
+
+
+def _layout_of_web(path: str) -> str:
+    return "parquet" if path.endswith(".parquet") or sniff_format(path) == "parquet" else "jsonl"
+
+
+def plan_input(path: str, layout: str | None, unit_bytes: int) -> dict[str, Any]:
+    """sha256, size and the parts of one input file (one read of the file).
+
+    Returns {"sha256", "bytes", "parts": [InputPart as dict] or None (the whole file)}.
+    """
+    check_readable_file(path)
+    size = os.path.getsize(path)
+    digest = hashlib.sha256()
+    fmt = sniff_format(path) if size else None
+    if layout == "web":
+        layout = _layout_of_web(path)
+    splittable = layout in _MARKERS and fmt is None and size > unit_bytes
+    if layout == "parquet" and fmt == "parquet":
+        parts = _parquet_parts(path)
+        with open(path, "rb") as fh:
+            while block := fh.read(_BLOCK):
+                digest.update(block)
+        return {"sha256": digest.hexdigest(), "bytes": size, "parts": parts}
+    cuts: list[tuple[int, int, int]] = [(0, 1, 0)]  # (start, first_line, first_record)
+    pattern = b"\n" + _MARKERS.get(layout or "", b"")
+    tail = b"\n" if splittable and len(pattern) > 1 else b""  # the file start is a line start
+    lines = records = 0  # newlines and record starts in the blocks before this one
+    target = unit_bytes
+    has_cr = False
+    block_start = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            digest.update(block)
+            if not splittable:
+                continue
+            if block_start == 0 and block.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+                splittable = False  # a byte-order mark: read whole, as the text layer decides
+                continue
+            has_cr = has_cr or b"\r" in block
+            data = tail + block
+            data_start = block_start - len(tail)
+            search = 0
+            while True:
+                at = data.find(pattern, max(target - data_start - 1, search))
+                if at < 0:
+                    break
+                cut = data_start + at + 1
+                if cut >= size:
+                    break
+                first_line = lines + block.count(b"\n", 0, max(0, cut - block_start)) + 1
+                cuts.append((cut, first_line, records + data.count(pattern, 0, at)))
+                target, search = cut + unit_bytes, at + 1
+            records += data.count(pattern)
+            lines += block.count(b"\n")
+            tail = data[-(len(pattern) - 1) :] if len(pattern) > 1 else b""
+            block_start += len(block)
+    if not splittable or has_cr or len(cuts) == 1:
+        return {"sha256": digest.hexdigest(), "bytes": size, "parts": None}
+    stops = [c[0] for c in cuts[1:]] + [size]
+    parts = [asdict(InputPart(start, stop, line, rec))
+             for (start, line, rec), stop in zip(cuts, stops, strict=True)]  # fmt: skip
+    return {"sha256": digest.hexdigest(), "bytes": size, "parts": parts}
+
+
+def _parquet_parts(path: str) -> list[dict] | None:
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except (pa.ArrowException, OSError):
+        return None  # the builder reports the malformed file
+    if meta.num_row_groups < 2:
+        return None
+    parts, rows = [], 0
+    for g in range(meta.num_row_groups):
+        parts.append(asdict(InputPart(first_record=rows, row_groups=(g,))))
+        rows += meta.row_group(g).num_rows
+    return parts
+
+
+def part_from_dict(d: dict | None) -> InputPart | None:
+    if d is None:
+        return None
+    groups = d.get("row_groups")
+    return InputPart(**{**d, "row_groups": tuple(groups) if groups is not None else None})
+
+
+# --- running a unit ------------------------------------------------------------------------------
+
+
+def _rows(config, source: Source, part: InputPart | None, ctx: BuildContext):
+    if source.builder == "single":
+        return build_single(config.single[source.index], ctx, config.max_doc_letters, part=part)
+    if source.builder == "refseq":
+        return build_refseq_pairs(config.refseq, source.paths[0], ctx, part=part)
+    if source.builder == "gene_pairs":
+        return build_gene_pairs(config.gene_pairs, ctx)
+    if source.builder == "web":
+        return build_web(config.web, source.paths[0], ctx, part=part)
+    return build_genome_pieces(config.genome, source.paths[0], ctx, part=part)
+
+
+def unit_result_path(staging: str | Path, index: int, phase: int) -> Path:
+    return Path(staging) / UNITS_DIR / f"u{index:05d}.p{phase}.json"
+
+
+def unit_keys_path(staging: str | Path, index: int) -> Path:
+    return Path(staging) / UNITS_DIR / f"u{index:05d}.keys.parquet"
+
+
+def shard_stem(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+def preseen_digest(preseen: dict[str, list[bytes]] | None) -> str:
+    """A short hash of the keys a phase-2 unit starts with (its result file must match it)."""
+    digest = hashlib.sha256()
+    for scope in sorted(preseen or {}):
+        for key in sorted(preseen[scope]):
+            digest.update(scope.encode() + b"\x1f" + key + b"\x1e")
+    return digest.hexdigest()[:16]
+
+
+def _as_key(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def run_unit(
+    config,
+    source: Source,
+    unit: Unit,
+    staging: str,
+    run_token: str,
+    preseen: dict[str, list[bytes]] | None = None,
+) -> dict[str, Any]:
+    """Run one unit and record it (see the module docstring); returns the recorded result.
+
+    `preseen` (phase 2): keys marked seen before the unit starts, {scope: [key bytes]}; ids
+    are stored as UTF-8 bytes, piece digests as they are. `config` is the expanded
+    PrepareConfig (sample inputs added). An `InputError` that stops the unit (the first
+    invalid record in error mode) is recorded, not raised: the driver raises the first one in
+    input order.
+    """
+    phase = 2 if preseen else 1
+    if os.environ.get(FAULT_ENV) == str(unit.index):
+        raise RuntimeError(f"unit {unit.index}: injected failure ({FAULT_ENV})")
+    root = Path(staging)
+    ctx = BuildContext(
+        ledger=Ledger(on_invalid=config.on_invalid),
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        progress=False,
+    )
+    for scope, keys in (preseen or {}).items():
+        if scope == "genome_pieces":
+            ctx.seen[scope] = set(keys)
+        else:
+            ctx.seen[scope] = {k.decode("utf-8") for k in keys}
+    stem = shard_stem(unit.index)
+    for stale in root.glob(f"*/*/{stem}-*.parquet"):  # a rerun replaces the unit's shards
+        stale.unlink()
+    writers: dict[tuple[str, str], ShardWriter] = {}
+    num_rows, aborted, error = 0, False, None
+    try:
+        try:
+            for split, row in _rows(config, source, unit.part, ctx):
+                writer = writers.get((source.kind, split))
+                if writer is None:
+                    writer = writers[(source.kind, split)] = ShardWriter(
+                        root, source.kind, split, rows_per_shard=config.rows_per_shard, stem=stem
+                    )
+                writer.add(row)
+                num_rows += 1
+        except InputError as exc:  # the file broke off: rows so far are kept (skip mode)
+            ctx.ledger.invalid(source.kind, exc)
+            aborted = True
+    except InputError as exc:
+        error = [exc.path, exc.record, exc.reason, exc.detail]
+    for writer in writers.values():
+        writer.close()
+    if phase == 1:
+        _write_keys(unit_keys_path(root, unit.index), ctx.seen)
+    result = {
+        "unit": unit.index,
+        "phase": phase,
+        "preseen": preseen_digest(preseen) if preseen else None,
+        "run_token": run_token,
+        "shards": [[k, s, [info.__dict__ for info in w.shards]]
+                   for (k, s), w in sorted(writers.items())],  # fmt: skip
+        "ledger": ctx.ledger.as_dict(),
+        "stats": dict(ctx.stats),
+        "records_read": dict(ctx.records_read),
+        "num_rows": num_rows,
+        "aborted": aborted,
+        "error": error,
+    }
+    atomic_write_text(unit_result_path(root, unit.index, phase), json.dumps(result))
+    return result
+
+
+def key_bucket(scope: str, key: bytes) -> int:
+    """The hash partition of a duplicate key (piece digests are hashes already)."""
+    if scope == "genome_pieces":
+        return key[0] % KEY_BUCKETS
+    return hashlib.blake2b(scope.encode() + b"\x1f" + key, digest_size=1).digest()[0] % KEY_BUCKETS
+
+
+def _write_keys(path: Path, seen: dict[str, set]) -> None:
+    scopes, keys, buckets = [], [], []
+    for scope, values in seen.items():
+        for value in values:
+            key = _as_key(value)
+            scopes.append(scope)
+            keys.append(key)
+            buckets.append(key_bucket(scope, key))
+    table = pa.table({"scope": pa.array(scopes, pa.string()), "key": pa.array(keys, pa.binary()),
+                      "bucket": pa.array(buckets, pa.int8())})  # fmt: skip
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def result_error(result: dict) -> InputError | None:
+    return InputError(*result["error"]) if result["error"] else None
+
+
+def result_shards(result: dict) -> list[tuple[str, str, list[ShardInfo]]]:
+    return [(k, s, [ShardInfo(**i) for i in infos]) for k, s, infos in result["shards"]]
+
+
+# --- duplicates across units ---------------------------------------------------------------------
+
+
+def earlier_keys_in_buckets(
+    keys_files: list[tuple[int, str]], buckets: list[int]
+) -> dict[int, dict]:
+    """For some hash partitions: {unit: {scope: [keys an earlier unit (lower index) had]}}.
+
+    A key's partition depends on the key alone, so each partition is decided on its own: on
+    a cluster one task per partition, in one process all partitions in one pass."""
+    tables = []
+    for unit, path in keys_files:
+        table = pq.read_table(path, columns=["scope", "key", "bucket"])
+        if len(buckets) < KEY_BUCKETS:
+            table = table.filter(pc.is_in(table["bucket"], pa.array(buckets, pa.int8())))
+        if table.num_rows == 0:
+            continue
+        table = table.select(["scope", "key"])
+        tables.append(table.append_column("unit", pa.array([unit] * table.num_rows, pa.int32())))
+    if not tables:
+        return {}
+    table = pa.concat_tables(tables)
+    first = table.group_by(["scope", "key"]).aggregate([("unit", "min")])
+    joined = table.join(first, keys=["scope", "key"])
+    later = joined.filter(pc.greater(joined["unit"], joined["unit_min"]))
+    out: dict[int, dict[str, list[bytes]]] = {}
+    for unit, scope, key in zip(later["unit"].to_pylist(), later["scope"].to_pylist(),
+                                later["key"].to_pylist(), strict=True):  # fmt: skip
+        out.setdefault(unit, {}).setdefault(scope, []).append(key)
+    return out
+
+
+def merge_earlier_keys(parts: list[dict[int, dict]]) -> dict[int, dict[str, list[bytes]]]:
+    out: dict[int, dict[str, list[bytes]]] = {}
+    for part in parts:
+        for unit, scopes in part.items():
+            for scope, keys in scopes.items():
+                out.setdefault(unit, {}).setdefault(scope, []).extend(keys)
+    return out
+
+
+def counter_sum(counters: list[dict]) -> Counter:
+    total: Counter = Counter()
+    for c in counters:
+        total.update(c)
+    return total
