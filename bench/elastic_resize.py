@@ -65,7 +65,7 @@ def main() -> int:
 
     import ray
 
-    from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
     from bsm_ray.tracking.config import TrackingConfig
     from bsm_ray.train.config import DataConfig, TrainConfig
     from bsm_ray.train.context import read_metrics

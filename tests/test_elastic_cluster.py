@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port, kill_node
 
-from bsm_ray.data.prepare import PrepareConfig, prepare_dataset
+from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 from bsm_ray.train.checkpointing import read_trainer_state
 from bsm_ray.train.context import read_metrics
 
