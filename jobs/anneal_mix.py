@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from bsm_ray.cli import run_job  # noqa: E402
 from bsm_ray.tune.config import AnnealConfig  # noqa: E402
 
+LAW_LABEL = ", the mixing law's proposal"
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "anneal_sample.yaml"
 
 
@@ -40,14 +41,16 @@ def main(config: AnnealConfig, args) -> None:
 
     outcome = run_sweep(config, resume=args.resume, overwrite=args.overwrite)
     print(outcome.report, flush=True)
-    w = outcome.summary.winner
+    w = outcome.summary.best
     print(f"winning mix: {', '.join(f'{s} {v:.3f}' for s, v in w.mix.items())}"
           + (f"; {config.train.masking.switch_rule} switch threshold {w.threshold:.4g} "
              f"(switched at {w.switch_label(outcome.summary.steps)})"
              if w.threshold is not None else "")
-          + f" (trial {w.trial_id}, objective {w.objective_asha:.4f})")  # fmt: skip
+          + f" (trial {w.trial_id}{LAW_LABEL if w.proposed else ''}"
+             f", objective {w.objective_asha:.4f})")  # fmt: skip
     print(f"next round config: {outcome.best_yaml}")
     print(f"plot: {outcome.plot}")
+    print(f"dashboard: {outcome.dashboard}")
     if outcome.parent_run_id:
         from bsm_ray.tracking.runs import describe_run
 

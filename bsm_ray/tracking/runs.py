@@ -328,9 +328,21 @@ def finish_parent(tracking: TrackingConfig, run_id: str, record: dict[str, Any],
                "sweep/elapsed_s": record["elapsed_s"], "sweep/errors": len(record["errors"])}
     if record["same_winner"] is not None:
         metrics["sweep/same_winner_as_grid"] = float(record["same_winner"])
+    law = record.get("law") or {}
+    for key, name in (("predicted", "law_predicted"), ("measured", "law_measured"),
+                      ("beats_sampled", "law_beats_sampled"), ("loo_rmse", "law_loo_rmse")):
+        if law.get(key) is not None:
+            metrics[f"sweep/{name}"] = float(law[key])
     c.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
     c.set_tag(run_id, "bsm_ray.winner_trial", record["winner"]["trial_id"])
     c.set_tag(run_id, "bsm_ray.winner_mix", str(record["winner"]["mix"]))
+    best = record.get("best") or record["winner"]
+    c.set_tag(run_id, "bsm_ray.best_trial", best["trial_id"])
+    c.set_tag(run_id, "bsm_ray.best_mix", str(best["mix"]))
+    if law.get("proposal"):
+        c.set_tag(run_id, "bsm_ray.law_mix", str(law["proposal"]["mix"]))
+    elif law.get("skipped"):
+        c.set_tag(run_id, "bsm_ray.law", law["skipped"][:5000])
     for path in artifacts:
         c.log_artifact(run_id, str(path))
     c.set_terminated(run_id, status="FINISHED")

@@ -69,7 +69,9 @@ def connect_ray(log_to_driver: bool = True) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    kwargs = {} if address else {"num_cpus": max(4, (os.cpu_count() or 2) * 2)}
+    # RAY_ADDRESS=local starts a new local instance too (never joins one found on the machine)
+    local = not address or address == "local"
+    kwargs = {"num_cpus": max(4, (os.cpu_count() or 2) * 2)} if local else {}
     ray.init(address=address, log_to_driver=log_to_driver, **kwargs)
 
 

@@ -39,6 +39,23 @@ class BaseConfig:
 
 
 @dataclass
+class RegressionConfig:
+    """The fitted mixing law (bsm_ray.tune.law): after the trials, fit validation loss on the
+    mix from the trials that trained all `steps`, propose the mix it predicts best, and run that
+    mix as one more trial (the confirmation) to measure it like the others."""
+
+    enabled: bool = True
+    """Fit, propose and confirm (a sweep of one source, or one that tunes the CM-GEMS threshold,
+    says why it has no law)."""
+    max_repetitions: float | None = None
+    """Repetition cap of the proposal: the most times the confirmation trial may pass over a
+    source's training tokens. None: the most any fitted trial repeated it (the law knows
+    nothing of repetition beyond what the trials saw); never below one pass."""
+    confirm: bool = True
+    """Run the proposal as one confirmation trial (the same steps as the others)."""
+
+
+@dataclass
 class SearchConfig:
     """Where trials sample mixes (token ratios) and thresholds."""
 
@@ -56,6 +73,8 @@ class SearchConfig:
     """cm_gems trials: log-uniform range of the perplexity-drop threshold to tune (None: fixed)."""
     threshold_candidates: list[float] = field(default_factory=list)
     """cm_gems: thresholds evaluated first (paired with the first candidate mix, if any)."""
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
+    """The fitted mixing law and its confirmation trial (on by default)."""
 
 
 @dataclass
@@ -119,6 +138,9 @@ class AnnealConfig:
         lo, hi = self.search.weight_range
         if not 0 < lo <= hi:
             raise ValueError(f"search.weight_range must satisfy 0 < low <= high, got {lo}, {hi}")
+        reps = self.search.regression.max_repetitions
+        if reps is not None and reps <= 0:
+            raise ValueError(f"search.regression.max_repetitions must be positive, got {reps}")
 
 
 @dataclass

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bsm_ray.errors import ConfigError
 from bsm_ray.tune.config import AnnealConfig
+from bsm_ray.tune.law import MixingLaw, Proposal
 
 THRESHOLD_KEY = "switch_threshold"
+LAW_PARAM = "law_proposal"  # in the params of the mixing law's confirmation trial
 
 
 def param_key(source: str) -> str:
@@ -152,6 +154,8 @@ class TrialRow:
     run_id: str | None = None
     switch_step: int | None = None
     """CM-GEMS: the step after which the trial masked with Global (None: it did not switch)."""
+    proposed: bool = False
+    """The confirmation trial of the fitted mixing law's proposal (not a sampled mix)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -164,6 +168,89 @@ class TrialRow:
 
 
 @dataclass
+class LawOutcome:
+    """What the fitted mixing law found: why there is none, or the fit, its proposal and the
+    proposal's measured objective (summary.json's `law`)."""
+
+    skipped: str | None = None
+    """Why no law was fitted or no proposal made (too few finished trials, one source, ...)."""
+    fit_step: int | None = None
+    """The step every fitted trial was measured at (the sweep's `steps`)."""
+    fitted_trials: list[str] = field(default_factory=list)
+    loo_rmse: float | None = None
+    """Leave-one-out RMS error of the predicted objective over the fitted trials."""
+    law: MixingLaw | None = None
+    caps: dict[str, float] = field(default_factory=dict)
+    """Largest token fraction per source under the repetition cap (1.0: none)."""
+    max_repetitions: dict[str, float] = field(default_factory=dict)
+    """The cap: passes allowed over each source's training tokens."""
+    proposal: Proposal | None = None
+    repetitions: dict[str, float] = field(default_factory=dict)
+    """Passes the confirmation trial makes over each source's training tokens."""
+    confirmation: TrialRow | None = None
+    best_sampled: TrialRow | None = None
+    """The sampled trial with the lowest objective measured at `fit_step`."""
+
+    @property
+    def measured(self) -> float | None:
+        return self.confirmation.objective_full if self.confirmation else None
+
+    @property
+    def beats_sampled(self) -> bool | None:
+        """Whether the proposal's measured objective is below every sampled mix's at the same
+        step (None: not measured)."""
+        if self.measured is None or self.best_sampled is None:
+            return None
+        return self.measured < self.best_sampled.objective_full
+
+    def as_dict(self) -> dict[str, Any]:
+        law = None
+        if self.law is not None:
+            law = {"form": "loss_s = a_s + sum_j b_sj * log(fraction_j)",
+                   "intercept": self.law.intercept, "coef": self.law.coef,
+                   "objective_weights": self.law.weights}  # fmt: skip
+        return {
+            "skipped": self.skipped, "fit_step": self.fit_step,
+            "fitted_trials": self.fitted_trials, "loo_rmse": self.loo_rmse, "law": law,
+            "caps": self.caps, "max_repetitions": self.max_repetitions,
+            "proposal": dict(self.proposal.__dict__) if self.proposal else None,
+            "repetitions": self.repetitions,
+            "predicted": self.proposal.predicted if self.proposal else None,
+            "measured": self.measured, "beats_sampled": self.beats_sampled,
+            "best_sampled": ({"trial_id": self.best_sampled.trial_id,
+                              "objective": self.best_sampled.objective_full}
+                             if self.best_sampled else None),
+            "confirmation": self.confirmation.as_dict() if self.confirmation else None,
+        }  # fmt: skip
+
+    def lines(self) -> list[str]:
+        """The report's lines about the law."""
+        if self.skipped:
+            return [f"Mixing law: {self.skipped}."]
+        p = self.proposal
+        loo = f", leave-one-out error {self.loo_rmse:.4f}" if self.loo_rmse is not None else ""
+        out = [f"Mixing law (per-source log-linear, fitted on {len(self.fitted_trials)} trials "
+               f"at step {self.fit_step}{loo}): proposes "
+               + ", ".join(f"{s} {v:.3f}" for s, v in p.mix.items())
+               + (f" (at the repetition cap: {', '.join(p.capped)})" if p.capped else "")
+               + f"; predicted objective {p.predicted:.4f}."]  # fmt: skip
+        if self.confirmation is None:
+            out.append("Mixing law: no confirmation trial (search.regression.confirm: false).")
+        elif self.measured is None:
+            out.append(f"Mixing law: the confirmation trial {self.confirmation.trial_id} did not "
+                       f"reach step {self.fit_step}.")  # fmt: skip
+        else:
+            b = self.best_sampled
+            verdict = ("beats every sampled mix" if self.beats_sampled
+                       else "does not beat the best sampled mix")  # fmt: skip
+            out.append(f"Confirmation trial {self.confirmation.trial_id}: measured objective "
+                       f"{self.measured:.4f} (predicted {p.predicted:.4f}, "
+                       f"{self.measured - p.predicted:+.4f}); {verdict} (best sampled: trial "
+                       f"{b.trial_id}, {b.objective_full:.4f}).")  # fmt: skip
+        return out
+
+
+@dataclass
 class SweepSummary:
     rows: list[TrialRow]
     steps: int
@@ -173,6 +260,16 @@ class SweepSummary:
     grid_steps: int
     grid_winner: TrialRow | None
     """The full grid's winner (all trials at `steps`), when every trial has a full objective."""
+    law: LawOutcome | None = None
+    """The fitted mixing law and its confirmation trial (None: search.regression off)."""
+
+    @property
+    def best(self) -> TrialRow:
+        """The sweep's choice: the law's confirmation trial when it beats every sampled mix,
+        else ASHA's winner."""
+        if self.law is not None and self.law.beats_sampled:
+            return self.law.confirmation
+        return self.winner
 
     @property
     def same_winner(self) -> bool | None:
@@ -226,7 +323,9 @@ def ranked(rows: list[TrialRow], steps: int) -> list[TrialRow]:
 
 
 def format_table(summary: SweepSummary) -> str:
-    rows = ranked(summary.rows, summary.steps)
+    """The ranked trials, the law's confirmation trial among them (marked)."""
+    extra = [summary.law.confirmation] if summary.law and summary.law.confirmation else []
+    rows = ranked(summary.rows + extra, summary.steps)
     sources = list(rows[0].mix)
     header = f"{'rank':>4}  {'trial':<10} " + " ".join(f"{s[:12]:>12}" for s in sources)
     has_t = any(r.threshold is not None for r in rows)
@@ -241,6 +340,8 @@ def format_table(summary: SweepSummary) -> str:
             line += f" {r.switch_label(summary.steps):>6}"
         obj = f"{r.objective_asha:.4f}" if r.objective_asha is not None else "-"
         full = f"{r.objective_full:.4f}" if r.objective_full is not None else "stopped"
-        mark = "  <- winner" if r.trial_id == summary.winner.trial_id else ""
+        marks = (["winner"] if r.trial_id == summary.best.trial_id else []) + (
+            ["law's proposal"] if r.proposed else [])
+        mark = f"  <- {', '.join(marks)}" if marks else ""
         lines.append(line + f" {r.steps_asha:>6} {obj:>10} {full:>10}{mark}")
     return "\n".join(lines)

@@ -42,7 +42,9 @@ from bsm_ray.train.config import TrainConfig
 from bsm_ray.train.context import read_metrics
 from bsm_ray.tune.config import AnnealConfig, SweepSpec
 from bsm_ray.tune.space import (
+    LAW_PARAM,
     THRESHOLD_KEY,
+    LawOutcome,
     SweepSummary,
     TrialRow,
     fixed_points,
@@ -59,6 +61,7 @@ from bsm_ray.tune.space import (
 logger = get_logger(__name__)
 
 TUNE_DIR = "tune"
+LAW_TUNE_DIR = "tune-law"  # the mixing law's confirmation trial (a Tune experiment of one)
 TRIAL_DRIVER_MEMORY = 512 * 1024**2
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # ray._common.constants.HEAD_NODE_RESOURCE_NAME
 
@@ -72,6 +75,8 @@ class SweepOutcome:
     parent_run_id: str | None
     report: str
     """The ranked table and the ASHA-vs-grid lines (also in summary.txt); the job prints it."""
+    dashboard: Path | None = None
+    """The sweep's self-contained HTML dashboard (rewritten as trials report)."""
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -293,10 +298,52 @@ def _continue_trial(info: dict[str, Any], weights: dict[str, float]) -> dict[str
 # ----------------------------------------------------------------------------- the sweep
 
 
-def _tuner(config: AnnealConfig, spec: SweepSpec, sweep_dir: Path, resume: bool):
-    import ray
+DASHBOARD = "dashboard.html"
+DASHBOARD_EVERY_S = 10.0  # a render inlines ~4.7 MB of plotly.js: not on every report
+
+
+def _dashboard_callback(config: AnnealConfig, spec: SweepSpec,
+                        known_stops: dict[str, int] | None = None):  # fmt: skip
+    """A Tune callback (in the driver) that rewrites dashboard.html as trials report, at most
+    every DASHBOARD_EVERY_S. Stateless apart from its arguments (Tune pickles it with the
+    experiment, and a resumed sweep runs the unpickled copy): where ASHA stopped a trial is
+    read from Tune's trials (ended before the last step) at each render; `known_stops` are
+    those of an earlier experiment (the main sweep, for the confirmation trial's)."""
+    from ray.tune import Callback
+
+    from bsm_ray.tune.dashboard import write_dashboard
+
+    sweep_dir = Path(spec.sweep_dir)
+
+    class DashboardCallback(Callback):
+        def __init__(self) -> None:
+            self.last = 0.0
+
+        def render(self, trials) -> None:
+            stops = dict(known_stops or {})
+            for t in trials:
+                step = int((t.last_result or {}).get("step", 0))
+                if t.status == "TERMINATED" and 0 < step < spec.steps:
+                    stops[t.trial_id] = step
+            try:
+                write_dashboard(sweep_dir / DASHBOARD, config.name, sweep_dir, spec.objective,
+                                spec.steps, stops)  # fmt: skip
+            except Exception as exc:  # a page must never stop a sweep
+                logger.warning(f"dashboard not updated: {type(exc).__name__}: {exc}")
+            self.last = time.monotonic()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if time.monotonic() - self.last >= DASHBOARD_EVERY_S:
+                self.render(trials)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.render(trials)
+
+    return DashboardCallback()
+
+
+def _trainable(config: AnnealConfig, spec: SweepSpec):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     # A trial driver only waits on its TorchTrainer: it reserves memory, not the CPUs its
     # workers need (a bundle must reserve something; Ray rejects an all-zero one). On the head
@@ -304,10 +351,19 @@ def _tuner(config: AnnealConfig, spec: SweepSpec, sweep_dir: Path, resume: bool)
     driver = {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}
     if config.trial_drivers_on_head:
         driver[HEAD_NODE_RESOURCE] = 0.001  # every node has none of it but the head (1.0)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), driver)
+    return tune.with_resources(tune.with_parameters(run_trial, spec=spec), driver)
+
+
+def _tuner(config: AnnealConfig, spec: SweepSpec, sweep_dir: Path, resume: bool):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    trainable = _trainable(config, spec)
     tune_path = sweep_dir / TUNE_DIR
     if resume and tune.Tuner.can_restore(str(tune_path)):
         logger.info(f"resuming sweep {tune_path}")
+        # the dashboard callback comes back with the experiment (pickled in tuner.pkl)
         return tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)  # fmt: skip
     sources = spec.sources
@@ -349,7 +405,8 @@ def _tuner(config: AnnealConfig, spec: SweepSpec, sweep_dir: Path, resume: bool)
                                     scheduler=scheduler, num_samples=config.search.num_samples,
                                     max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir),
-                                  failure_config=tune.FailureConfig(max_failures=2)),
+                                  failure_config=tune.FailureConfig(max_failures=2),
+                                  callbacks=[_dashboard_callback(config, spec)]),
     )  # fmt: skip
 
 
@@ -416,6 +473,122 @@ def _grid_check(config: AnnealConfig, sweep_dir: Path, rows: list[TrialRow], wei
                 set_run_tags(config.tracking, row.run_id,
                              {"bsm_ray.asha_stopped_at_step": str(row.steps_asha),
                               "bsm_ray.grid_check": "continued to the last step"})  # fmt: skip
+
+
+def losses_at(trial_dir: Path, step: int, sources) -> dict[str, float] | None:
+    """Per-source validation losses of a trial at `step` (its last evaluation there, from its
+    own metrics.jsonl: a resumed run may have logged a step twice); None if not measured."""
+    for m in reversed(read_metrics(trial_dir)):
+        if int(m.get("step", -1)) == step and all(f"val/loss/{s}" in m for s in sources):
+            return {s: float(m[f"val/loss/{s}"]) for s in sources}
+    return None
+
+
+def mixing_law(config: AnnealConfig, spec: SweepSpec, sweep_dir: Path, rows: list[TrialRow],
+                resume: bool) -> LawOutcome:  # fmt: skip
+    """Fit the law on the trials that trained all `steps` (measured at that step), propose
+    the mix it predicts best, and run the proposal as one confirmation trial."""
+    from bsm_ray.tune.law import (
+        fit_law,
+        fraction_caps,
+        loo_error,
+        min_trials,
+        propose,
+        repetitions,
+    )  # fmt: skip
+
+    sources, steps = spec.sources, config.steps
+    if _tune_threshold(config):
+        return LawOutcome(skipped="not fitted: the sweep tunes the CM-GEMS switch threshold, "
+                                  "and the law models the mix alone")  # fmt: skip
+    if len(sources) < 2:
+        return LawOutcome(skipped="not fitted: one source, no mix to model")
+    # Equal steps: only trials that trained all `steps` (ASHA's survivors and, with the grid
+    # check, the ones it stopped and that were trained on), each measured at `steps`.
+    fitted = []
+    for r in rows:
+        losses = losses_at(sweep_dir / "trials" / r.trial_id, steps, spec.objective)
+        if r.objective_full is not None and losses is not None:
+            fitted.append((r, losses))
+    need = min_trials(len(sources))
+    if len(fitted) < need:
+        return LawOutcome(skipped=(
+            f"not fitted: {len(fitted)} of {len(rows)} trials trained all {steps} steps, and a "
+            f"law over {len(sources)} sources needs {need} ({len(sources) + 1} coefficients per "
+            f"source and one more); raise search.num_samples, or set grid_check: true to train "
+            f"the trials ASHA stopped on to step {steps}"))  # fmt: skip
+    mixes = [r.mix for r, _ in fitted]
+    losses = [ls for _, ls in fitted]
+    law = fit_law(mixes, losses, spec.objective)
+    tokens = _train_tokens(config)
+    held = {s: tokens.get(s, 0) for s in sources}
+    trial_tokens = steps * config.train.global_batch_tokens
+    cap = config.search.regression.max_repetitions
+    if cap is None:  # no more repetition than the fitted trials saw, never below one pass
+        seen = [repetitions(m, held, trial_tokens) for m in mixes]
+        reps = {s: max(1.0, max(x[s] for x in seen)) for s in sources}
+    else:
+        reps = {s: max(1.0, float(cap)) for s in sources}
+    caps = fraction_caps(held, trial_tokens, reps)
+    best_sampled = min((r for r, _ in fitted), key=lambda r: r.objective_full)
+    out = LawOutcome(fit_step=steps, fitted_trials=[r.trial_id for r, _ in fitted],
+                     loo_rmse=loo_error(mixes, losses, spec.objective), law=law, caps=caps,
+                     max_repetitions=reps, best_sampled=best_sampled)  # fmt: skip
+    proposal = propose(law, config.search.weight_range, caps, starts=mixes)
+    if proposal is None:
+        out.skipped = (f"no mix with raw weights in search.weight_range "
+                       f"{tuple(config.search.weight_range)} meets the repetition cap {caps}")
+        return out
+    out.proposal = proposal
+    out.repetitions = repetitions(proposal.mix, held, trial_tokens)
+    logger.info(f"mixing law: proposes {', '.join(f'{s} {v:.3f}' for s, v in proposal.mix.items())}"
+                f", predicted objective {proposal.predicted:.4f}"
+                + ("; running it as a confirmation trial" if config.search.regression.confirm
+                   else ""))  # fmt: skip
+    if config.search.regression.confirm:
+        out.confirmation = _confirm(config, spec, sweep_dir, proposal, resume, rows)
+    return out
+
+
+def _confirm(config: AnnealConfig, spec: SweepSpec, sweep_dir: Path, proposal, resume: bool,
+             rows: list[TrialRow]) -> TrialRow | None:  # fmt: skip
+    """The proposal as one more trial through the same Tune trainable (same recipe, base,
+    steps, evaluation rows and objective as the sampled trials), without early stopping."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    trainable = _trainable(config, spec)
+    path = sweep_dir / LAW_TUNE_DIR
+    stops = {r.trial_id: r.steps_asha for r in rows if r.steps_asha < spec.steps}
+    if resume and tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)  # fmt: skip
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+        tuner = tune.Tuner(
+            trainable,
+            # LAW_PARAM marks the trial in its trial.json (the dashboard reads it)
+            param_space={**{param_key(s): w for s, w in proposal.raw.items()}, LAW_PARAM: True},
+            tune_config=tune.TuneConfig(metric="objective", mode="min", num_samples=1,
+                                        scheduler=FIFOScheduler()),
+            run_config=tune.RunConfig(name=LAW_TUNE_DIR, storage_path=str(sweep_dir),
+                                      failure_config=tune.FailureConfig(max_failures=2),
+                                      callbacks=[_dashboard_callback(config, spec, stops)]),
+        )  # fmt: skip
+    rows, errors = _rows(sweep_dir, spec, tuner.fit())
+    for e in errors:
+        logger.error(f"confirmation trial: {e}")
+    if not rows:
+        return None
+    row = rows[0]
+    row.proposed = True
+    if row.run_id and config.tracking.enabled:
+        from bsm_ray.tracking.runs import set_run_tags
+
+        set_run_tags(config.tracking, row.run_id,
+                     {"bsm_ray.law_proposal": "true",
+                      "bsm_ray.law_predicted": f"{proposal.predicted:.6f}"})  # fmt: skip
+    return row
 
 
 def _plot(summary: SweepSummary, path: Path) -> None:
@@ -490,7 +663,7 @@ def _write_winner(config: AnnealConfig, summary: SweepSummary, path: Path) -> No
         nxt = load_config(TrainConfig, config.next_round, [])
     else:
         nxt = from_dict(TrainConfig, to_dict(config.train))
-    w = summary.winner
+    w = summary.best
     base = json.loads((Path(config.storage_path) / config.name / "sweep.json").read_text())["base"]
     nxt.data.mix = {s: round(v, 6) for s, v in w.mix.items()}
     if nxt.init_from is None:  # the next round continues from the weights the trials annealed
@@ -500,6 +673,9 @@ def _write_winner(config: AnnealConfig, summary: SweepSummary, path: Path) -> No
         nxt.masking.switch_rule = config.train.masking.switch_rule
     header = (f"# Winner of annealing sweep '{config.name}': trial {w.trial_id}, objective "
               f"{w.objective_asha:.5f} at step {summary.steps}.\n"
+              + ("# The fitted mixing law's proposal, measured by a confirmation trial: it beat "
+                 f"every sampled mix (best {summary.law.best_sampled.objective_full:.5f}).\n"
+                 if w.proposed else "")
               + (f"# CM-GEMS: {config.train.masking.switch_rule} switch threshold "
                  f"{w.threshold:.6g} (the trial switched at {w.switch_label(summary.steps)}).\n"
                  if w.threshold is not None else "")
@@ -536,7 +712,7 @@ def run_sweep(config: AnnealConfig, resume: bool = False, overwrite: bool = Fals
                 f"sweep '{config.name}' exists at {sweep_dir}: --resume continues it, "
                 f"--overwrite starts it again, --set name=<new> starts another"
             )
-        for sub in (TUNE_DIR, "trials"):
+        for sub in (TUNE_DIR, LAW_TUNE_DIR, "trials"):
             shutil.rmtree(sweep_dir / sub, ignore_errors=True)
         state_path.unlink()
     if resume and not state_path.is_file():
@@ -579,6 +755,7 @@ def run_sweep(config: AnnealConfig, resume: bool = False, overwrite: bool = Fals
 
 def _sweep(config, spec, sweep_dir, resume, weights, parent_run_id) -> SweepOutcome:
     tuner = _tuner(config, spec, sweep_dir, resume)
+    logger.info(f"live dashboard: {sweep_dir / DASHBOARD} (rewritten as trials report)")
     t0 = time.perf_counter()
     result_grid = tuner.fit()
     rows, errors = _rows(sweep_dir, spec, result_grid)
@@ -592,8 +769,10 @@ def _sweep(config, spec, sweep_dir, resume, weights, parent_run_id) -> SweepOutc
         _grid_check(config, sweep_dir, rows, weights, trial_concurrency(
             config, ray.cluster_resources()))
     summary = summarize(rows, config.steps)
+    if config.search.regression.enabled:
+        summary.law = mixing_law(config, spec, sweep_dir, rows, resume)
     elapsed = time.perf_counter() - t0
-    return _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed)
+    return _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed, weights)
 
 
 def _train_sources(config: AnnealConfig) -> set[str]:
@@ -603,7 +782,16 @@ def _train_sources(config: AnnealConfig) -> set[str]:
     return {k for k, s in totals.items() if s.get("train", {}).get("rows", 0) > 0}
 
 
-def _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed) -> SweepOutcome:
+def _train_tokens(config: AnnealConfig) -> dict[str, int]:
+    """Training tokens each source holds (the manifest's totals)."""
+    from bsm_ray.data.shards import read_manifest
+
+    totals = read_manifest(config.train.data.dataset)["totals"]
+    return {k: int(s.get("train", {}).get("tokens", 0)) for k, s in totals.items()}
+
+
+def _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed,
+            weights) -> SweepOutcome:  # fmt: skip
     if _tune_threshold(config):  # after the grid check, which may train stopped trials on
         for r in summary.rows:
             r.switch_step = switch_step_of(sweep_dir / "trials" / r.trial_id)
@@ -612,6 +800,11 @@ def _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed) -> Sweep
     plot = sweep_dir / "objective_vs_mix.png"
     _write_winner(config, summary, best_yaml)
     _plot(summary, plot)
+    from bsm_ray.tune.dashboard import write_dashboard
+
+    stops = {r.trial_id: r.steps_asha for r in summary.rows if r.steps_asha < summary.steps}
+    dashboard = write_dashboard(sweep_dir / DASHBOARD, config.name, sweep_dir, weights,
+                                summary.steps, stops, summary, running=False)  # fmt: skip
     saved = 1 - summary.asha_steps / summary.grid_steps
     lines = [table, "",
              f"ASHA trained {summary.asha_steps} steps; the full grid is "
@@ -625,6 +818,8 @@ def _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed) -> Sweep
     undecided = summary.undecided()
     if undecided:
         lines.append(f"WARNING: the sweep chose nothing: {undecided}.")
+    if summary.law is not None:
+        lines += summary.law.lines()
     report = "\n".join(lines)
     record = {
         "name": config.name, "steps": summary.steps, "elapsed_s": elapsed,
@@ -634,13 +829,16 @@ def _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed) -> Sweep
         "grid_steps": summary.grid_steps, "errors": errors, "undecided": undecided,
         "switch_rule": config.train.masking.switch_rule if _tune_threshold(config) else None,
         "trials": [r.as_dict() for r in ranked(summary.rows, summary.steps)],
+        "best": summary.best.as_dict(),
+        "law": summary.law.as_dict() if summary.law is not None else None,
     }  # fmt: skip
     atomic_write_text(sweep_dir / "summary.json", json.dumps(record, indent=2))
     atomic_write_text(sweep_dir / "summary.txt", report + "\n")
     if parent_run_id:
         from bsm_ray.tracking.runs import end_run, finish_parent, set_run_tags
 
-        for r in summary.rows:
+        law = summary.law
+        for r in summary.rows + ([law.confirmation] if law and law.confirmation else []):
             if r.run_id is None:
                 continue
             if r.steps_asha < summary.steps:
@@ -653,5 +851,6 @@ def _finish(config, summary, sweep_dir, parent_run_id, errors, elapsed) -> Sweep
                     "FINISHED" if r.objective_full is not None else "KILLED")
 
         finish_parent(config.tracking, parent_run_id, record,
-                      [sweep_dir / "summary.json", sweep_dir / "summary.txt", best_yaml, plot])
-    return SweepOutcome(summary, sweep_dir, best_yaml, plot, parent_run_id, report)
+                      [sweep_dir / "summary.json", sweep_dir / "summary.txt", best_yaml, plot,
+                       dashboard])  # fmt: skip
+    return SweepOutcome(summary, sweep_dir, best_yaml, plot, parent_run_id, report, dashboard)
