@@ -48,7 +48,7 @@ logger = get_logger("bench.sweep_efficiency")
 def record(num_trials: int, out: Path, storage: Path) -> dict:
     """Run the embedded default with ASHA off and save every trial's curve."""
     from bsm_ray.config import load_config
-    from bsm_ray.data.shards import read_manifest
+    from bsm_ray.ingest.shards import read_manifest
     from bsm_ray.train.context import read_metrics
     from bsm_ray.tune.config import AnnealConfig
     from bsm_ray.tune.space import objective_of, objective_weights

@@ -145,7 +145,7 @@ def test_too_few_finished_trials_say_so_and_a_fit_caps_repetition(dataset, tmp_p
     """The law from trial files alone (no Ray: the confirmation is off): with three sources and
     three finished trials it says why it cannot fit; with six it fits and caps the source that
     the proposal would repeat more often than any trial did."""
-    from bsm_ray.data.shards import read_manifest
+    from bsm_ray.ingest.shards import read_manifest
     from bsm_ray.tune.sweep import mixing_law, sweep_spec
 
     three = ["single_dna", "refseq_pair", "gene_pair"]

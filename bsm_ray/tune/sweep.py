@@ -784,7 +784,7 @@ def _train_sources(config: AnnealConfig) -> set[str]:
 
 def _train_tokens(config: AnnealConfig) -> dict[str, int]:
     """Training tokens each source holds (the manifest's totals)."""
-    from bsm_ray.data.shards import read_manifest
+    from bsm_ray.ingest.shards import read_manifest
 
     totals = read_manifest(config.train.data.dataset)["totals"]
     return {k: int(s.get("train", {}).get("tokens", 0)) for k, s in totals.items()}
