@@ -107,7 +107,10 @@ def two_nodes(tmp_path):
         start_node2()
         yield f"http://127.0.0.1:{dash}", env, node2_tmp, start_node2
     finally:
-        _ray("stop", "--force", env=env, check=False)
+        # This cluster's processes only (`ray stop` would end every Ray instance on the
+        # machine, another session's too).
+        kill_node(node2_tmp)
+        kill_node(head_tmp)
         shutil.rmtree(node2_tmp, ignore_errors=True)
         shutil.rmtree(head_tmp, ignore_errors=True)
 

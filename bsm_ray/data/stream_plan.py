@@ -10,10 +10,12 @@ nothing is tokenized to plan.
 
 Epoch e of a source, for worker `rank` of `world`:
   - the units in a seeded permutation of (seed, source, e);
-  - each unit cut into L = ceil(world / units) lanes: its rows in a seeded permutation of
-    (seed, source, e, unit), lane l taking every L-th from l. A source with a single shard still
-    gives every worker its own rows (each lane reads the unit; only lanes > 1 duplicate reads);
-  - the (unit, lane) parts dealt round robin: the worker streams parts rank, rank + world, ...
+  - each unit cut into L = ceil(unit rows / (rows / world)) lanes: its rows in a seeded
+    permutation of (seed, source, e, unit), lane l taking every L-th from l. A source with a
+    single shard still gives every worker its own rows (each lane reads the unit; only lanes
+    > 1 duplicate reads);
+  - the (unit, lane) parts dealt for even row counts (`deal_parts`), each worker streaming its
+    parts in the epoch's unit order.
 When a worker's parts run out it starts the next epoch (upsampling, as in BSM round 3); the epoch
 number is the source's repeat count on that worker.
 
@@ -27,7 +29,6 @@ Pure module: numpy and pyarrow.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,12 +110,34 @@ def _rng(seed: int, source: str, *key: int) -> np.random.Generator:
 def worker_parts(units: list[Unit], source: str, epoch: int, rank: int, world: int,
                  seed: int) -> list[Part]:  # fmt: skip
     """The parts worker `rank` streams in `epoch`, in order."""
+    return deal_parts(units, source, epoch, world, seed)[rank]
+
+
+def deal_parts(units: list[Unit], source: str, epoch: int, world: int,
+               seed: int) -> list[list[Part]]:  # fmt: skip
+    """Every worker's parts of `epoch`: units cut into lanes of at most a worker's share of the
+    rows, dealt so that the workers' row counts are as even as the parts allow (largest part
+    first to the worker with the fewest rows, ties to the lower rank: the greedy LPT rule, at
+    most a third above the best split), each worker's parts streamed in the epoch's seeded
+    unit order. Row groups of very different sizes (one per input file) would otherwise leave
+    one worker repeating its rows while another still has unseen ones."""
     if not units:
         raise ValueError(f"source {source!r} has no rows to stream")
-    lanes = math.ceil(world / len(units))
     order = _rng(seed, source, epoch).permutation(len(units))
-    parts = [(int(u), lane) for u in order for lane in range(lanes)]
-    return [Part(u, lane, lanes, epoch, k) for k, (u, lane) in enumerate(parts[rank::world])]
+    share = max(1, -(-sum(u.num_rows for u in units) // world))
+    cut = []  # (position in the epoch's order, unit, lane, lanes, rows)
+    for u in order:
+        lanes = max(1, -(-units[int(u)].num_rows // share))
+        for lane in range(lanes):
+            size = part_size(units[int(u)], Part(int(u), lane, lanes, epoch, 0))
+            cut.append((len(cut), int(u), lane, lanes, size))
+    load, dealt = [0] * world, [[] for _ in range(world)]
+    for position, u, lane, lanes, size in sorted(cut, key=lambda c: (-c[4], c[0])):
+        worker = min(range(world), key=lambda w: (load[w], w))
+        load[worker] += size
+        dealt[worker].append((position, u, lane, lanes))
+    return [[Part(u, lane, lanes, epoch, k) for k, (_, u, lane, lanes) in enumerate(sorted(mine))]
+            for mine in dealt]  # fmt: skip
 
 
 def part_rows(unit: Unit, part: Part, seed: int, source: str) -> np.ndarray:

@@ -239,6 +239,12 @@ class TaskRunner:
             except BaseException:
                 for ref in pending:
                     ray.cancel(ref)
+                # Let cancelled and in-flight tasks settle, so the finished units on record are
+                # final when the failure reaches the caller (a rerun resumes exactly those).
+                try:
+                    ray.wait(list(pending), num_returns=len(pending), timeout=120)
+                except Exception:  # noqa: BLE001 - the original failure is what is raised
+                    pass
                 raise
             return results
         finally:
