@@ -45,7 +45,7 @@ from bsm_ray.log import get_logger  # noqa: E402
 logger = get_logger("bench.sweep_efficiency")
 
 
-def record(num_trials: int, out: Path, storage: Path) -> dict:
+def record(num_trials: int, out: Path, storage: Path, base: str | None = None) -> dict:
     """Run the embedded default with ASHA off and save every trial's curve."""
     from bsm_ray.config import load_config
     from bsm_ray.ingest.shards import read_manifest
@@ -58,7 +58,7 @@ def record(num_trials: int, out: Path, storage: Path) -> dict:
     config = load_config(AnnealConfig, str(cfg), [
         "name=sweep-efficiency", f"storage_path={storage}", f"search.num_samples={num_trials}",
         "asha.enabled=false", "grid_check=false", "search.regression.enabled=false",
-        "tracking.enabled=false"])  # fmt: skip
+        "tracking.enabled=false", *([f"base.path={base}"] if base else [])])  # fmt: skip
     t0 = time.perf_counter()
     outcome = run_sweep(config, overwrite=True)
     manifest = read_manifest(config.train.data.dataset)["totals"]
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--orders", type=int, default=200, help="random arrival orders per setting")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--replay-only", action="store_true")
+    p.add_argument("--base", help="base weights of the recorded trials (default: a base run of "
+                   "the embedded default's, trained first), e.g. runs/anneal-sample/base")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info(f"replaying {curves_path} ({data['num_trials']} recorded trials)")
     else:
         logger.info(f"recording {args.num_trials} full learning curves (ASHA off)")
-        data = record(args.num_trials, curves_path, args.out / "runs")
+        data = record(args.num_trials, curves_path, args.out / "runs", args.base)
     curves, max_t, every = data["curves"], data["steps"], data["eval_every"]
     curves = [c for c in curves if c["steps"] and c["steps"][-1] >= max_t]
     grid_steps = len(curves) * max_t
