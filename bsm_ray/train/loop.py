@@ -138,12 +138,13 @@ def measure_peak_flops(device) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def _all_reduce(t):
-    """`t` summed over ranks in place (a no-op on one process); returns it."""
+def _all_reduce(t, op=None):
+    """`t` reduced over ranks in place (summed unless `op`; a no-op on one process); returns
+    it."""
     import torch.distributed as dist
 
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op is None else op)
     return t
 
 
@@ -158,9 +159,7 @@ def _all_reduce_max(value: float, device) -> float:
     import torch.distributed as dist
 
     t = torch.tensor([value], dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return float(_all_reduce(t, dist.ReduceOp.MAX).item())
 
 
 def _reduce_loss(loss_sum) -> float:
