@@ -20,8 +20,8 @@ once under `--out` and reused while size, seed, record count and compression mat
   with sequences in several layouts, through `prepare_dataset` and next to `json.loads` of the
   same lines alone; the web detector's decision alone on the prose texts; a GenBank file of real
   records (NC_000932, arab1, NC_005816 repeated with their own VERSION) through
-  `prepare_dataset` next to `Bio.SeqIO.parse(path, "genbank")` alone; and the three files in
-  one preparation cut into `--mixed-unit-mb` units, parallel=local vs Ray with 1 and 2 workers
+  `prepare_dataset` next to `Bio.SeqIO.parse(path, "genbank")` alone; and the three files and the
+  genome in one preparation cut into `--mixed-unit-mb` units, parallel=local vs Ray with 1 and 2 workers
   (a Ray of the stage's own; speed-up = local seconds / Ray seconds; the three must give one
   dataset_sha256, printed). Ratios are printed under the table (and in the JSON);
 - tokenizers on the same genome (uppercased): k-mer `kmer_ids` over the whole sequence,
@@ -571,23 +571,24 @@ def stage_genbank_seqio(s: dict) -> dict:
 
 
 def _mixed_stage(s: dict, parallel: str, num_workers: int | None) -> dict:
-    """Web prose + web with sequences + GenBank in one preparation, cut into units of
-    `mixed_unit_bytes`: the same units locally and on Ray (the same dataset_sha256)."""
+    """Web prose + web with sequences + GenBank + the genome in one preparation, cut into units
+    of `mixed_unit_bytes`: the same units locally and on Ray (the same dataset_sha256)."""
     import os
     import shutil
 
-    from bsm_ray.ingest.builders import RefSeqConfig, WebConfig
+    from bsm_ray.ingest.builders import GenomeConfig, RefSeqConfig, WebConfig
     from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 
     os.environ.setdefault("RAY_ADDRESS", "local")  # a Ray of its own, not a running cluster
     out = s["dataset_dir"] + "-mixed-" + parallel + str(num_workers or "")
-    paths = [s["web_prose_path"], s["web_seq_path"], s["genbank_path"]]
+    paths = [s["web_prose_path"], s["web_seq_path"], s["genbank_path"], s["genome_path"]]
 
     def run():
         return prepare_dataset(PrepareConfig(
             sample=False, output_dir=out, progress=False, on_invalid="skip", parallel=parallel,
             num_workers=num_workers, unit_bytes=s["mixed_unit_bytes"],
-            web=WebConfig(documents=paths[:2]), refseq=RefSeqConfig(genbank=paths[2:]),
+            web=WebConfig(documents=paths[:2]), refseq=RefSeqConfig(genbank=paths[2:3]),
+            genome=GenomeConfig(fasta=paths[3:]),  # one chromosome, cut into units inside it
         ))  # fmt: skip
 
     times, result = harness.timed(run, s["repeats"], s["warmup"])

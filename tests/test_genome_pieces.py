@@ -107,10 +107,27 @@ def test_iupac_piece_dropped_and_counted_duplicates_removed(tmp_path):
 def test_invalid_character_in_genome(tmp_path):
     path = tmp_path / "bad.fa"
     path.write_text(">c\n" + "ACGT" * 300 + "\nAC9T\n")
-    with pytest.raises(InputError, match=r"bad.fa: record c: invalid_character \('9'"):
+    with pytest.raises(InputError, match=r"bad.fa: record c: invalid_character \('9' at N-rem"
+                                         r"oved position 1203\)"):  # fmt: skip
         _pieces(path)
-    out, ledger, _ = _pieces(path, on_invalid="skip")
+    out, ledger, stats = _pieces(path, on_invalid="skip")
     assert dict(ledger.skipped["genome"]) == {"invalid_character": 1}
+    # The chromosome is invalid from the bad letter on: the whole pieces before it are kept.
+    assert out and max(r["offset"] + len(r["seq"]) for _s, r in out) <= 1202
+    assert stats["genome/bp_read"] == 1202 and "genome/tail_bp_dropped" not in stats
+
+
+def test_invalid_character_output_does_not_depend_on_chunk_size(tmp_path):
+    rng = np.random.default_rng(5)
+    seq = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, 20_000)].tobytes().decode()
+    seq = seq[:7000] + "N" * 900 + seq[7000:15000] + "?" + seq[15000:]
+    path = tmp_path / "bad.fa"
+    path.write_text(">c\n" + "\n".join(seq[i : i + 60] for i in range(0, len(seq), 60)) + "\n")
+    whole = _pieces(path, on_invalid="skip")
+    for chunk_bytes in (997, 4099):
+        out, ledger, stats = _pieces(path, chunk_bytes=chunk_bytes, on_invalid="skip")
+        assert out == whole[0] and stats == whole[2]
+        assert ledger.as_dict() == whole[1].as_dict()
 
 
 def test_synthetic_genome_streams_with_nuisances(tmp_path):

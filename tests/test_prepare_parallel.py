@@ -100,9 +100,15 @@ def _write_inputs(root: Path, genbank_dir: Path) -> PrepareConfig:
         lines.append(json.dumps(doc))
     lines.insert(10, "{not json")
     (root / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    def wrap(seq: str) -> str:  # 60 letters a line: genome units are cut inside chromosomes
+        return "\n".join(seq[i : i + 60] for i in range(0, len(seq), 60))
+
     repeat = "A" * 3200  # exact-duplicate pieces within and across files
-    (root / "g1.fa").write_text(f">c1\n{repeat}\n>c2\n{dna(3000)}\n>c1\n{dna(900)}\n")
-    (root / "g2.fa").write_text(f">x1\n{repeat}\n>x2\n{dna(2000)}\n")
+    gapped = dna(1500) + "N" * 700 + dna(1500)  # N-removed positions differ from byte offsets
+    bad = dna(1400) + "R" + dna(1300) + "9" + dna(2000)  # IUPAC R: a piece dropped; then invalid
+    (root / "g1.fa").write_text(f">c1\n{wrap(repeat)}\n>c2\n{wrap(gapped)}\n"
+                                f">c1\n{wrap(dna(2500))}\n>c3\n{wrap(bad)}\n")  # fmt: skip
+    (root / "g2.fa").write_text(f">x1\n{wrap(repeat)}\n>x2\n{wrap(dna(2000))}\n")
     twice = (genbank_dir / "cor6_6.gb").read_text() * 2  # every record id again, later units
     (root / "twice.gb").write_text(twice)
     return PrepareConfig(
@@ -141,8 +147,10 @@ def test_units_follow_the_rules_of_one_sequential_read(tmp_path, genbank_dir, ra
     skipped = expected_ledger.skipped
     assert skipped["single_dna"] == {"duplicate_id": 2, "invalid_character": 1}
     assert skipped["web"] == {"duplicate_id": 1, "malformed_json": 1}
-    assert skipped["refseq_pair"]["duplicate_id"] == 6 and skipped["genome"]["duplicate_id"] == 1
+    assert skipped["refseq_pair"]["duplicate_id"] == 6
+    assert skipped["genome"] == {"duplicate_id": 1, "invalid_character": 1}
     assert expected_ledger.notes["genome"]["duplicate_piece_dropped"] > 5
+    assert expected_ledger.notes["genome"]["piece_with_non_acgt_dropped"] == 1
     local = prepare_dataset(config)
     assert local.num_units > 12
     assert _rows(local.output_dir, local.manifest) == expected_rows
@@ -151,6 +159,10 @@ def test_units_follow_the_rules_of_one_sequential_read(tmp_path, genbank_dir, ra
     whole = {**config.__dict__, "unit_bytes": 1 << 30, "output_dir": str(tmp_path / "1")}
     one_unit_each = prepare_dataset(PrepareConfig(**whole))
     assert _rows(one_unit_each.output_dir, one_unit_each.manifest) == expected_rows
+    # Genome units start inside chromosomes; every letter is accounted for as in one read.
+    assert sum(p["mid_record"] for p in plan_input(config.genome.fasta[0], "genome",
+                                                    config.unit_bytes)["parts"]) > 10  # fmt: skip
+    assert local.manifest["stats"] == one_unit_each.manifest["stats"]
     ray_ds = prepare_dataset(
         PrepareConfig(**{**config.__dict__, "parallel": "ray", "num_workers": 2,
                          "output_dir": str(tmp_path / "ray")})  # fmt: skip

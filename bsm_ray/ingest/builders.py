@@ -39,6 +39,7 @@ import numpy as np
 from bsm_ray.errors import InputError
 from bsm_ray.fileio import (
     numbered_lines,
+    open_byte_range,
     open_text,
     sniff_format,
     undecodable_line_error,
@@ -747,8 +748,10 @@ def build_genome_pieces(
     Per chromosome: uppercase (soft-masking dropped), delete every N (joining across gaps),
     skip a random offset < max_start_offset, then cut consecutive pieces; a piece holding any
     letter other than ACGT (IUPAC ambiguity codes) is dropped and counted; the tail shorter than
-    the next drawn length is dropped and counted in bp. Non-IUPAC characters make the chromosome
-    invalid from that point (raise, or skip the rest of it and count).
+    the next drawn length is dropped and counted in bp. A non-IUPAC character makes the
+    chromosome invalid from that point (raise, or skip the rest of it and count); the whole
+    pieces before it are kept, whatever the chunking. With `part`, only the pieces that start
+    in it are cut (see `ingest/units.py` for parts inside a chromosome).
     """
     from tqdm import tqdm
 
@@ -763,66 +766,145 @@ def genome_chrom_scope(path: str) -> str:
     return f"genome_chroms:{path}"
 
 
+def _with_final(chunks):
+    """(chunk, is it the part's final chunk) for each chunk."""
+    prev = None
+    for chunk in chunks:
+        if prev is not None:
+            yield prev, False
+        prev = chunk
+    if prev is not None:
+        yield prev, True
+
+
 def _genome_pieces(cfg, path, ctx, chunk_bytes, progress, part):
+    """Cut the pieces that START in `part` (all of them without one); see the module of units
+    for parts that begin or end inside a chromosome."""
     kind = "genome"
     ledger = ctx.ledger
     carry = b""
     lengths: _PieceLengths | None = None
-    skip_left = 0
+    skip_left = 0  # start-offset letters still to skip (counted)
+    drop_left = 0  # letters of a piece that started in an earlier part (not counted here)
+    stub = 0  # letters of that piece before this part, if the chromosome ends inside it
     offset = 0  # position of carry[0] in the N-removed chromosome
+    nonn = 0  # N-removed letters of this chromosome before this chunk
     invalid = False
     chrom = ""
-    chrom_bp = 0  # letters read of this chromosome, N included
+    chrom_bp = 0  # letters read of this chromosome in this part, N included
     seen_chroms = ctx.seen[genome_chrom_scope(path)]
-    for chunk in iter_fasta(path, chunk_bytes=chunk_bytes, part=part):
+    for chunk, final in _with_final(iter_fasta(path, chunk_bytes=chunk_bytes, part=part)):
         progress.update(len(chunk.seq))
-        if chunk.first:
-            ctx.records_read[path] += 1
+        if chunk.first or chunk.record_id != chrom:
+            carry, offset, nonn, invalid, chrom_bp, drop_left, stub = b"", 0, 0, False, 0, 0, 0
             chrom = chunk.record_id
-            carry, offset, invalid, chrom_bp = b"", 0, False, 0
-            if chrom in seen_chroms:
-                ledger.invalid(kind, InputError(path, chrom, "duplicate_id"))
-                invalid = True
-            seen_chroms.add(chrom)
             rng = item_rng(ctx.seed, kind, chrom)
-            skip_left = int(rng.integers(0, cfg.max_start_offset)) if cfg.max_start_offset else 0
+            start_offset = int(rng.integers(0, cfg.max_start_offset)) if cfg.max_start_offset else 0
             lengths = _PieceLengths(rng, cfg)
-            ctx.stats["genome/chromosomes"] += 1
+            if chunk.first:
+                ctx.records_read[path] += 1
+                if chrom in seen_chroms:
+                    ledger.invalid(kind, InputError(path, chrom, "duplicate_id"))
+                    invalid = True
+                seen_chroms.add(chrom)
+                ctx.stats["genome/chromosomes"] += 1
+                skip_left = start_offset
+            else:  # a part that begins inside this chromosome
+                invalid = part.skip_record
+                offset = nonn = part.letters_before
+                skip_left, drop_left, stub = _enter(lengths, start_offset, offset)
         if invalid:
             continue
+        ends_here = chunk.last and not (final and part is not None and part.record_continues)
         raw = chunk.seq.upper()
+        bad_raw = first_invalid(raw, "dna")  # N is a DNA letter: removed below
+        if bad_raw >= 0:
+            raw = raw[:bad_raw]  # what comes before the bad letter is cut as usual
         ctx.stats["genome/bp_read"] += len(raw)
         chrom_bp += len(raw)
-        if chunk.last and chrom_bp == 0:  # a header with no sequence after it
+        if ends_here and chunk.first and chrom_bp == 0 and bad_raw < 0:
             ledger.invalid(kind, InputError(path, chrom, "empty_sequence"))
             continue
         seq = raw.replace(b"N", b"")
         ctx.stats["genome/n_removed"] += len(raw) - len(seq)
-        bad = first_invalid(seq, "dna")
-        if bad >= 0:
+        bad_at = nonn + len(seq)  # N-removed position of the bad letter, if any
+        nonn += len(seq)
+        if skip_left:
+            dropped = min(skip_left, len(seq))
+            seq, skip_left = seq[dropped:], skip_left - dropped
+            offset += dropped
+            ctx.stats["genome/start_offset_bp"] += dropped
+        if drop_left:
+            dropped = min(drop_left, len(seq))
+            seq, drop_left = seq[dropped:], drop_left - dropped
+            offset += dropped
+            stub += dropped
+        buf = carry + seq
+        consumed = yield from _cut(buf, offset, lengths, cfg, chrom, path, ctx)
+        carry = buf[consumed:]
+        offset += consumed
+        if bad_raw >= 0:
             ledger.invalid(
                 kind,
                 InputError(
                     path,
                     chrom,
                     "invalid_character",
-                    f"{chr(seq[bad])!r} at N-removed position {offset + len(carry) + bad + 1}",
+                    f"{chr(chunk.seq.upper()[bad_raw])!r} at N-removed position {bad_at + 1}",
                 ),
             )
-            invalid = True  # the rest of this chromosome is skipped (pieces so far are valid)
+            invalid = True  # the rest of this chromosome is skipped (pieces before it are kept)
             continue
-        if skip_left:
-            dropped = min(skip_left, len(seq))
-            seq, skip_left = seq[dropped:], skip_left - dropped
-            offset += dropped
-            ctx.stats["genome/start_offset_bp"] += dropped
-        buf = carry + seq
-        consumed = yield from _cut(buf, offset, lengths, cfg, chrom, path, ctx)
-        carry = buf[consumed:]
-        offset += consumed
-        if chunk.last:
-            ctx.stats["genome/tail_bp_dropped"] += len(carry)
+        if ends_here:
+            ctx.stats["genome/tail_bp_dropped"] += stub if drop_left else len(carry)
             carry = b""
+        elif chunk.last and not skip_left and not drop_left and carry:
+            # The chromosome goes on in the next part: finish the piece that starts here.
+            need = int(lengths.peek(1)[0]) - len(carry)
+            more = _letters_after(path, part.stop, need)
+            yield from _cut(carry + more, offset, lengths, cfg, chrom, path, ctx)
+
+
+def _enter(lengths: _PieceLengths, start_offset: int, at: int) -> tuple[int, int, int]:
+    """Position `lengths` at the first piece that starts at or after N-removed position `at`.
+
+    Returns (start-offset letters still to skip, letters to drop that belong to the piece
+    started before `at`, and that piece's letters before `at`)."""
+    if at <= start_offset:
+        return start_offset - at, 0, 0
+    pos = start_offset
+    while True:
+        block = lengths.peek(1 << 12)
+        ends = pos + np.cumsum(block)
+        n = int(np.searchsorted(ends, at, side="left"))  # pieces that end before `at`
+        if n < block.size:
+            lengths.consume(n + 1)  # and the one that holds `at`
+            begin = pos if n == 0 else int(ends[n - 1])
+            return 0, int(ends[n]) - at, at - begin
+        lengths.consume(block.size)
+        pos = int(ends[-1])
+
+
+def _letters_after(path: str, start: int, need: int) -> bytes:
+    """Up to `need` N-removed, uppercased letters of the chromosome that goes on at byte
+    `start` (a sequence line): fewer where it ends, or where a letter outside the DNA alphabet
+    comes first (the piece is then not whole)."""
+    out: list[bytes] = []
+    have = 0
+    with open_byte_range(path, start, os.path.getsize(path)) as fh:
+        for line in fh:
+            if line.startswith(b">"):
+                break
+            letters = line.translate(None, b" \t\r\n\v\f").upper()
+            bad = first_invalid(letters, "dna")
+            if bad >= 0:
+                letters = letters[:bad]
+            letters = letters.replace(b"N", b"")
+            out.append(letters)
+            have += len(letters)
+            if bad >= 0 or have >= need:
+                break
+    return b"".join(out)[:need]
 
 
 def _cut(buf, offset, lengths, cfg, chrom, path, ctx):

@@ -68,9 +68,11 @@ from bsm_ray.ingest.units import (
     part_from_dict,
     plan_input,
     preseen_digest,
+    resolve_genome_parts,
     result_error,
     result_shards,
     run_unit,
+    scan_genome_part,
     unit_keys_path,
     unit_result_path,
 )
@@ -168,7 +170,7 @@ def _sources(config: PrepareConfig) -> list[Source]:
            for i, p in enumerate(config.refseq.genbank)]
         + ([Source("gene_pair", "gene_pairs", 0, (g.tsv, *g.fasta), None)] if g.tsv else [])
         + [Source("web", "web", i, (p,), "web") for i, p in enumerate(config.web.documents)]
-        + [Source(GENOME_KIND, "genome", i, (p,), "fasta")
+        + [Source(GENOME_KIND, "genome", i, (p,), "genome")
            for i, p in enumerate(config.genome.fasta)]
     )  # fmt: skip
 
@@ -287,6 +289,7 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
             continue
         for part in plan["parts"] or [None]:
             units.append(Unit(len(units), si, part_from_dict(part)))
+    units = _resolve_genome_units(units, sources, runner)
 
     with _exclusive(final):
         staging = final.with_name(f".{final.name}.staging")
@@ -313,6 +316,26 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
             raise
     resumed = sorted(set(range(len(units))) - set(ran))
     return PrepareResult(final, manifest.__dict__, time.time() - t0, len(units), resumed, ran)
+
+
+def _resolve_genome_units(units: list[Unit], sources: list[Source], runner) -> list[Unit]:
+    """Genome files cut inside chromosomes: scan their parts (as Ray tasks on a cluster) and
+    give each part that starts inside a chromosome what it needs from the parts before it."""
+    by_source: dict[int, list[Unit]] = {}
+    for u in units:
+        if sources[u.source].builder == "genome" and u.part is not None:
+            by_source.setdefault(u.source, []).append(u)
+    todo = [us for us in by_source.values() if any(u.part.mid_record for u in us)]
+    if not todo:
+        return units
+    calls = [(sources[us[0].source].paths[0], u.part) for us in todo for u in us]
+    scans = iter(runner.map(scan_genome_part, calls, "scan genome"))
+    resolved = {}
+    for us in todo:
+        parts = resolve_genome_parts([u.part for u in us], [next(scans) for _ in us])
+        resolved.update({u.index: p for u, p in zip(us, parts, strict=True)})
+    return [Unit(u.index, u.source, resolved[u.index]) if u.index in resolved else u
+            for u in units]  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -112,6 +112,12 @@ class InputPart:
     line number of `start` and `first_record` the number of records before it, so messages and
     ids name the same line and record number as a read of the whole file. Parquet parts are row
     groups instead, with `first_record` the rows before the first of them.
+
+    Genome FASTA parts may also start or end inside a chromosome (`mid_record`: `start` is a
+    sequence line of record number `first_record`, 0-based). The driver fills in, from a scan
+    of the parts before it (`units.resolve_genome_parts`), the record's id, its N-removed
+    letters before `start`, and whether the record was already rejected there;
+    `record_continues` says the part's last record goes on past `stop`.
     """
 
     start: int = 0
@@ -119,6 +125,11 @@ class InputPart:
     first_line: int = 1
     first_record: int = 0
     row_groups: tuple[int, ...] | None = None
+    mid_record: bool = False
+    record_id: str | None = None
+    letters_before: int = 0
+    skip_record: bool = False
+    record_continues: bool = False
 
 
 def open_part_bytes(path: str, part: InputPart | None):
@@ -178,15 +189,19 @@ def iter_fasta(
     for data before the first header, for a header with no id, and for a file that cannot be
     read to its end (naming the record being read when it broke off). With `part`, only that
     byte range is read (it starts at a header line; record numbers and line numbers count from
-    the file's start).
+    the file's start). A `mid_record` part starts inside record `part.first_record`, named
+    `part.record_id`: its first chunk has `first` False.
     """
     path = str(path)
     record_id: str | None = None
     description = ""
     index = -1 if part is None else part.first_record - 1
+    if part is not None and part.mid_record:
+        record_id = description = part.record_id or "?"
+        index = part.first_record
     buf: list[bytes] = []
     size = 0
-    first = True
+    first = record_id is None
     lines_done = 0 if part is None else part.first_line - 1  # newlines before this block
     pending = b""
     held = b""  # a block's final CR, held back: it may be the first half of a CRLF

@@ -1,10 +1,16 @@
 """Units of preparation work: planned from the input, run anywhere, recorded, deduplicated.
 
 A unit is fixed by the input and the config, never by the number of workers:
-- FASTA (single-modal, genome) and GenBank files are cut into byte ranges of about
-  `unit_bytes`, each starting at a record (a '>' header line, a LOCUS line): a record is never
-  split, so a chromosome is one unit (genome pieces are not cut per byte range inside a
-  chromosome; a chromosome's pieces come from one unit);
+- FASTA (single-modal) and GenBank files are cut into byte ranges of about `unit_bytes`,
+  each starting at a record (a '>' header line, a LOCUS line): a record is never split;
+- genome FASTA files are cut at the first line start after every `unit_bytes`, inside a
+  chromosome too. A chromosome's piece boundaries follow from its seeded stream of piece
+  lengths, which is cheap to draw: a unit draws it from the chromosome's start, finds the
+  first piece that starts in its range, cuts every piece that starts there, and reads on past
+  its end to finish the last one. What it needs from the units before it (the chromosome's
+  N-removed letters before its start, and whether the chromosome was rejected there) comes
+  from a scan of those units (`scan_genome_part`, about ten times faster than cutting),
+  resolved in input order by `resolve_genome_parts`;
 - JSONL web documents into line-aligned byte ranges; Parquet web documents by row group;
 - compressed files, files with a byte-order mark or CR line ends, and the gene map with its
   FASTA files are one unit each.
@@ -34,7 +40,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +58,9 @@ from bsm_ray.ingest.builders import (
     build_single,
     build_web,
 )
-from bsm_ray.ingest.records import InputPart, Ledger
+from bsm_ray.ingest.records import InputPart, Ledger, iter_fasta
 from bsm_ray.ingest.shards import ShardInfo, ShardWriter
+from bsm_ray.tokenizers.alphabets import first_invalid
 
 UNITS_DIR = "_units"
 KEY_BUCKETS = 16
@@ -63,7 +70,9 @@ FAULT_ENV = "BSM_RAY_PREPARE_FAULT_UNIT"
 """Tests: a unit whose index is this value fails (to check resumption after a crash)."""
 _BLOCK = 8 << 20
 # The line start that opens a record, per format (JSONL: every line).
-_MARKERS = {"fasta": b">", "genbank": b"LOCUS", "jsonl": b""}
+_MARKERS = {"fasta": b">", "genbank": b"LOCUS", "jsonl": b"", "genome": b""}
+# What counts as a record start when a unit may begin inside a record (genome: any line).
+_RECORD_STARTS = {"genome": b"\n>"}
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,9 @@ def plan_input(path: str, layout: str | None, unit_bytes: int) -> dict[str, Any]
         return {"sha256": digest.hexdigest(), "bytes": size, "parts": parts}
     cuts: list[tuple[int, int, int]] = [(0, 1, 0)]  # (start, first_line, first_record)
     pattern = b"\n" + _MARKERS.get(layout or "", b"")
-    tail = b"\n" if splittable and len(pattern) > 1 else b""  # the file start is a line start
+    records_at = _RECORD_STARTS.get(layout or "", pattern)
+    longest = max(len(pattern), len(records_at))
+    tail = b"\n" if splittable and longest > 1 else b""  # the file start is a line start
     lines = records = 0  # newlines and record starts in the blocks before this one
     target = unit_bytes
     has_cr = False
@@ -133,17 +144,26 @@ def plan_input(path: str, layout: str | None, unit_bytes: int) -> dict[str, Any]
                 if cut >= size:
                     break
                 first_line = lines + block.count(b"\n", 0, max(0, cut - block_start)) + 1
-                cuts.append((cut, first_line, records + data.count(pattern, 0, at)))
+                cuts.append((cut, first_line, records + data.count(records_at, 0, at)))
                 target, search = cut + unit_bytes, at + 1
-            records += data.count(pattern)
+            records += data.count(records_at)  # no match fits in the tail alone
             lines += block.count(b"\n")
-            tail = data[-(len(pattern) - 1) :] if len(pattern) > 1 else b""
+            tail = data[-(longest - 1) :] if longest > 1 else b""
             block_start += len(block)
     if not splittable or has_cr or len(cuts) == 1:
         return {"sha256": digest.hexdigest(), "bytes": size, "parts": None}
     stops = [c[0] for c in cuts[1:]] + [size]
-    parts = [asdict(InputPart(start, stop, line, rec))
-             for (start, line, rec), stop in zip(cuts, stops, strict=True)]  # fmt: skip
+    mid = [False] * len(cuts)
+    if layout == "genome":  # a cut at a sequence line: the part starts inside a record
+        with open(path, "rb") as fh:
+            for i, (start, _line, _rec) in enumerate(cuts[1:], 1):
+                fh.seek(start)
+                mid[i] = fh.read(1) != b">"
+    parts = []
+    for i, ((start, line, rec), stop) in enumerate(zip(cuts, stops, strict=True)):
+        after = i + 1 < len(cuts) and mid[i + 1]
+        parts.append(asdict(InputPart(start, stop, line, rec - 1 if mid[i] else rec,
+                                      mid_record=mid[i], record_continues=after)))  # fmt: skip
     return {"sha256": digest.hexdigest(), "bytes": size, "parts": parts}
 
 
@@ -166,6 +186,61 @@ def part_from_dict(d: dict | None) -> InputPart | None:
         return None
     groups = d.get("row_groups")
     return InputPart(**{**d, "row_groups": tuple(groups) if groups is not None else None})
+
+
+# --- genome parts inside a chromosome ------------------------------------------------------------
+
+
+def scan_genome_part(path: str, part: InputPart) -> dict[str, Any]:
+    """What the parts after `part` need to know about it, from one fast read of its bytes.
+
+    Returns {"lead": the N-removed letters of the record `part` starts inside (mid_record
+    parts) and whether a letter outside the DNA alphabet ends it, "records": the ids of the
+    records that start in `part`, "last": the same counts for the last of them, "broken":
+    the file could not be read to the part's end (the unit itself reports why)}."""
+    lead: dict | None = {"letters": 0, "bad": False} if part.mid_record else None
+    segment, records, broken = lead, [], False
+    try:
+        for chunk in iter_fasta(path, part=replace(part, record_id="?")):
+            if chunk.first:
+                records.append(chunk.record_id)
+                segment = {"letters": 0, "bad": False}
+            if segment is None or segment["bad"]:
+                continue
+            raw = chunk.seq.upper()
+            bad = first_invalid(raw, "dna")
+            if bad >= 0:
+                raw, segment["bad"] = raw[:bad], True
+            segment["letters"] += len(raw) - raw.count(b"N")
+    except InputError:
+        broken = True
+    return {"lead": lead, "records": records, "last": segment if records else None,
+            "broken": broken}  # fmt: skip
+
+
+def resolve_genome_parts(parts: list[InputPart], scans: list[dict]) -> list[InputPart]:
+    """Fill in each mid_record part's record id, its letters before the part, and whether the
+    record was rejected before it (a duplicate id, a letter outside the DNA alphabet), from
+    the scans of the parts before it, in file order (see `scan_genome_part`)."""
+    out: list[InputPart] = []
+    seen: set[str] = set()
+    chrom, letters, rejected, broken = None, 0, False, False
+    for part, scan in zip(parts, scans, strict=True):
+        if part.mid_record:
+            part = replace(part, record_id=chrom, letters_before=letters,
+                           skip_record=rejected or broken)  # fmt: skip
+            if scan["lead"] is not None:
+                letters += scan["lead"]["letters"]
+                rejected = rejected or scan["lead"]["bad"]
+        for rid in scan["records"]:
+            chrom, letters, rejected = rid, 0, rid in seen
+            seen.add(rid)
+        if scan["last"] is not None:
+            letters = scan["last"]["letters"]
+            rejected = rejected or scan["last"]["bad"]
+        broken = broken or scan["broken"]
+        out.append(part)
+    return out
 
 
 # --- running a unit ------------------------------------------------------------------------------
