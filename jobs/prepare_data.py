@@ -23,12 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from bsm_ray.cli import run_job  # noqa: E402
 from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset  # noqa: E402
+from bsm_ray.outputs import join  # noqa: E402
 
 
 def main(config: PrepareConfig) -> None:
     result = prepare_dataset(config)
     print(result.summary())
-    print(f"manifest: {result.output_dir / 'manifest.json'}")
+    print(f"manifest: {join(str(result.output_dir), 'manifest.json')}")
 
 
 if __name__ == "__main__":

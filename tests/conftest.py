@@ -74,6 +74,20 @@ def streamed_causal_run(dataset, tmp_path_factory, ray_instance):
     return config, launch(config)
 
 
+UNIT_SAMPLE = dict(progress=False, sample_synthetic_genome_bp=60_000, unit_bytes=32 << 10)
+"""The sample corpus cut into units of 32 KiB (many units), as the preparation tests run it."""
+
+
+@pytest.fixture(scope="session")
+def local_unit_sample(tmp_path_factory):
+    """The sample prepared in this process in units of 32 KiB (read only; shared by the local vs
+    Ray and the object-store tests)."""
+    from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
+
+    out = tmp_path_factory.mktemp("units") / "local"
+    return prepare_dataset(PrepareConfig(output_dir=str(out), parallel="local", **UNIT_SAMPLE))
+
+
 @pytest.fixture(scope="session")
 def ray_instance():
     """One local Ray instance for the whole session (starting one costs ~15 s here).

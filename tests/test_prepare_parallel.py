@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import UNIT_SAMPLE
 
 from bsm_ray.errors import InputError
 from bsm_ray.ingest.builders import (
@@ -28,14 +29,12 @@ from bsm_ray.ingest.prepare import PrepareConfig, input_rows, prepare_dataset
 from bsm_ray.ingest.records import Ledger
 from bsm_ray.ingest.units import FAULT_ENV, UNITS_DIR, plan_input
 
-SAMPLE = dict(progress=False, sample_synthetic_genome_bp=60_000, unit_bytes=32 << 10)
+SAMPLE = UNIT_SAMPLE
 
 
-@pytest.fixture(scope="module")
-def local_sample(tmp_path_factory):
-    """The sample corpus prepared in this process, cut into units of 32 KiB (many units)."""
-    out = tmp_path_factory.mktemp("par") / "local"
-    return prepare_dataset(PrepareConfig(output_dir=str(out), parallel="local", **SAMPLE))
+@pytest.fixture
+def local_sample(local_unit_sample):
+    return local_unit_sample
 
 
 def _rows(root: Path, manifest: dict) -> dict[tuple[str, str], list[dict]]:

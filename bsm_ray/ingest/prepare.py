@@ -38,7 +38,6 @@ from tqdm import tqdm
 
 from bsm_ray.config import to_dict
 from bsm_ray.errors import BsmRayError, InputError
-from bsm_ray.fileio import atomic_write_text
 from bsm_ray.ingest.builders import (
     BuildContext,
     GenePairsConfig,
@@ -51,10 +50,12 @@ from bsm_ray.ingest.records import Ledger
 from bsm_ray.ingest.shards import (
     DOC_KINDS,
     GENOME_KIND,
+    MANIFEST_NAME,
     SPLITS,
     Manifest,
     ShardList,
     build_manifest,
+    read_manifest,
     write_manifest,
 )
 from bsm_ray.ingest.units import (
@@ -74,9 +75,9 @@ from bsm_ray.ingest.units import (
     run_unit,
     scan_genome_part,
     unit_keys_path,
-    unit_result_path,
 )
 from bsm_ray.log import get_logger
+from bsm_ray.outputs import OutputDir, is_uri, storage_env
 from bsm_ray.tokenizers import BsmCharTokenizer, KmerTokenizer
 
 logger = get_logger(__name__)
@@ -131,7 +132,7 @@ class PrepareConfig:
 
 @dataclass
 class PrepareResult:
-    output_dir: Path
+    output_dir: Path | str  # a str: an object-store URI
     manifest: dict
     seconds: float
     num_units: int = 0
@@ -224,8 +225,11 @@ class TaskRunner:
 
             limit = self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
             options: dict = {"num_cpus": 1}
+            env = storage_env()  # the object store as the driver sees it (bsm_ray.outputs)
             if FAULT_ENV in os.environ:  # tests: the injected failure reaches the workers
-                options["runtime_env"] = {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}
+                env[FAULT_ENV] = os.environ[FAULT_ENV]
+            if env:
+                options["runtime_env"] = {"env_vars": env}
             remote = ray.remote(**options)(fn)
             pending: dict = {}
             submitted = 0
@@ -266,8 +270,10 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
         from bsm_ray.ingest.samples import sample_prepare_inputs
 
         config, synthetic_paths = sample_prepare_inputs(config)
-    final = Path(config.output_dir)
-    if final.exists() and not config.overwrite:
+    remote = is_uri(config.output_dir)
+    final: Path | str = config.output_dir if remote else Path(config.output_dir)
+    out = OutputDir(final)
+    if out.exists(MANIFEST_NAME if remote else "") and not config.overwrite:
         raise BsmRayError(f"{final}: exists (set overwrite: true to replace it)")
     sources = _sources(config)
     runner = TaskRunner(config)
@@ -291,24 +297,42 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
             units.append(Unit(len(units), si, part_from_dict(part)))
     units = _resolve_genome_units(units, sources, runner)
 
-    with _exclusive(final):
-        staging = final.with_name(f".{final.name}.staging")
-        fingerprint = _fingerprint(config, inputs)
-        plan_path = staging / UNITS_DIR / "plan.json"
-        recorded = json.loads(plan_path.read_text())["fingerprint"] if plan_path.is_file() else None
+    fingerprint = _fingerprint(config, inputs)
+    with contextlib.nullcontext() if remote else _exclusive(final):
+        if remote:  # a version prefix beside the live one (see ingest/shards.py)
+            live = read_manifest(final).get("version") if out.exists(MANIFEST_NAME) else None
+            version = f"v-{fingerprint[:16]}"
+            version += "-r" if live == version else ""
+            staging = out.uri(version)
+        else:
+            version, staging = None, str(final.with_name(f".{final.name}.staging"))
+        stage = OutputDir(staging)
+        plan_rel = f"{UNITS_DIR}/plan.json"
+        recorded = json.loads(stage.read_text(plan_rel))["fingerprint"] \
+            if stage.exists(plan_rel) else None  # fmt: skip
         if recorded != fingerprint:
-            shutil.rmtree(staging, ignore_errors=True)
-            (staging / UNITS_DIR).mkdir(parents=True)
-            atomic_write_text(plan_path, json.dumps({"fingerprint": fingerprint,
-                                                     "units": len(units)}))  # fmt: skip
+            stage.remove_tree()
+            stage.makedirs(UNITS_DIR)
+            stage.write_text(plan_rel, json.dumps({"fingerprint": fingerprint,
+                                                   "units": len(units)}))  # fmt: skip
         else:
             logger.info(f"resuming the preparation recorded in {staging}")
         token = uuid.uuid4().hex
         try:
             manifest, ran = _prepare_units(config, sources, units, inputs, staging, runner, token)
-            publish_dataset(staging, final)
+            if remote:
+                manifest.version = version
+                write_manifest(out, manifest)  # the commit: one object
+                stage.remove_tree(UNITS_DIR)
+                for old in out.subdirs():  # earlier versions, no longer in the manifest
+                    if old.startswith("v-") and old != version:
+                        out.remove_tree(old)
+            else:
+                stage.remove_tree(UNITS_DIR)
+                write_manifest(stage, manifest)
+                publish_dataset(Path(staging), final)
         except BsmRayError:
-            shutil.rmtree(staging, ignore_errors=True)  # bad input or config: a rerun fails again
+            stage.remove_tree()  # bad input or config: a rerun fails again
             raise
         except BaseException:
             logger.info(f"preparation stopped; finished units are kept in {staging}: the same "
@@ -366,11 +390,12 @@ def _plan_file(path: str, layout: str | None, unit_bytes: int):
         return exc
 
 
-def _recorded(staging: Path, index: int, phase: int, preseen: str | None = None) -> dict | None:
-    path = unit_result_path(staging, index, phase)
-    if not path.is_file():
+def _recorded(staging: str, index: int, phase: int, preseen: str | None = None) -> dict | None:
+    stage = OutputDir(staging)
+    rel = f"{UNITS_DIR}/u{index:05d}.p{phase}.json"
+    if not stage.exists(rel):
         return None
-    result = json.loads(path.read_text())
+    result = json.loads(stage.read_text(rel))
     return result if result["preseen"] == preseen else None
 
 
@@ -399,7 +424,7 @@ def _prepare_units(config, sources, units, inputs, staging, runner, token):
             break
     # Duplicates across units, by hash partition of the keys; a unit holding keys an earlier
     # unit had runs again with them marked seen (phase 2).
-    keys_files = [(u.index, str(unit_keys_path(staging, u.index))) for u in live]
+    keys_files = [(u.index, unit_keys_path(staging, u.index)) for u in live]
     groups = [[b] for b in range(KEY_BUCKETS)] if runner.ray else [list(range(KEY_BUCKETS))]
     earlier = merge_earlier_keys(
         runner.map(earlier_keys_in_buckets, [(keys_files, g) for g in groups], "duplicates")
@@ -454,9 +479,10 @@ def _assemble(config, sources, live, results, inputs, staging) -> Manifest:
     if num_rows == 0:
         raise BsmRayError(_nothing_prepared(config, len(inputs), ledger))
     listed = {info.path for infos in shard_lists.values() for info in infos}
-    for path in staging.glob("*/*/*.parquet"):  # shards of units a sequential run never read
-        if str(path.relative_to(staging)) not in listed:
-            path.unlink()
+    stage = OutputDir(staging)
+    for rel in stage.files():  # shards of units a sequential run never read
+        if rel.endswith(".parquet") and not rel.startswith(UNITS_DIR) and rel not in listed:
+            stage.remove(rel)
     manifest = build_manifest(
         config=to_dict(config),
         tokenizers={
@@ -470,8 +496,6 @@ def _assemble(config, sources, live, results, inputs, staging) -> Manifest:
         ledger=ledger.as_dict(),
         stats=dict(stats),
     )
-    shutil.rmtree(staging / UNITS_DIR)
-    write_manifest(staging, manifest)
     return manifest
 
 

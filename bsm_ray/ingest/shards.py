@@ -6,6 +6,13 @@ Layout of a prepared dataset (`output_dir`):
     <kind>/<split>/part-<unit>-<n>.parquet   kind in DOC_KINDS or "genome"; split in train/val;
                                         <unit>: the unit of preparation work (ingest/units.py)
 
+In an object store (`output_dir` an `s3://`, `gs://`, ... URI, see `bsm_ray.outputs`) the
+shards sit one level down, in a version prefix named by the manifest's `version` field
+(`<output_dir>/<version>/<kind>/<split>/...`): a prefix cannot be renamed there, so a new
+version is written beside the old one and published by writing `manifest.json` last (one
+object: readers see the old dataset or the new one). Shard paths in the manifest are relative
+to the version prefix, so `dataset_sha256` does not depend on where the dataset lives.
+
 Schemas (documented here and in the README; changing a field is a format change):
 
 DOC_SCHEMA, one row per causal-LM document (kinds single_dna, single_rna, single_protein,
@@ -45,7 +52,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bsm_ray.fileio import atomic_path, atomic_write_text, sha256_file
+from bsm_ray.fileio import sha256_file
+from bsm_ray.outputs import OutputDir, is_uri
 
 DOC_KINDS = ("single_dna", "single_rna", "single_protein", "refseq_pair", "gene_pair", "web")
 GENOME_KIND = "genome"
@@ -112,7 +120,7 @@ class ShardWriter:
 
     def __init__(
         self,
-        root: Path,
+        root: str | Path | OutputDir,
         kind: str,
         split: str,
         rows_per_shard: int = 50_000,
@@ -120,7 +128,7 @@ class ShardWriter:
         compression: str = "zstd",
         stem: str = "part",
     ) -> None:
-        self.root = Path(root)
+        self.out = root if isinstance(root, OutputDir) else OutputDir(root)
         self.kind = kind
         self.split = split
         self.schema = schema_for(kind)
@@ -151,19 +159,22 @@ class ShardWriter:
         if self.num_buffered == 0:
             return
         table = pa.table(self._columns, schema=self.schema)
-        rel = Path(self.kind) / self.split / f"{self.stem}-{len(self.shards):05d}.parquet"
-        final = self.root / rel
-        with atomic_path(final) as tmp, pq.ParquetWriter(tmp, self.schema,
-                                                         compression=self.compression) as out:
-            for start, stop in row_group_bounds(self._columns[self._text_field]):
-                out.write_table(table.slice(start, stop - start))
+        rel = f"{self.kind}/{self.split}/{self.stem}-{len(self.shards):05d}.parquet"
+        bounds = row_group_bounds(self._columns[self._text_field])
+
+        def write(tmp: Path) -> None:
+            with pq.ParquetWriter(tmp, self.schema, compression=self.compression) as out:
+                for start, stop in bounds:
+                    out.write_table(table.slice(start, stop - start))
+
+        size, digest = self.out.write_file(rel, write)
         self.shards.append(
             ShardInfo(
-                path=str(rel),
+                path=rel,
                 num_rows=table.num_rows,
                 num_tokens=self._buffered_tokens,
-                num_bytes=final.stat().st_size,
-                sha256=sha256_file(final),
+                num_bytes=size,
+                sha256=digest,
             )
         )
         self._columns = {name: [] for name in self.schema.names}
@@ -203,6 +214,7 @@ class Manifest:
     ledger: dict[str, Any]  # skipped / noted counts per kind and reason, with examples
     stats: dict[str, Any] = field(default_factory=dict)  # builder statistics (bp, pieces, ...)
     dataset_sha256: str = ""
+    version: str | None = None  # object stores: the prefix holding the shards (module docstring)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2, sort_keys=False)
@@ -247,37 +259,52 @@ def build_manifest(
     )
 
 
-def write_manifest(root: Path, manifest: Manifest) -> Path:
-    path = Path(root) / MANIFEST_NAME
-    atomic_write_text(path, manifest.to_json())
-    return path
+def write_manifest(root: str | Path | OutputDir, manifest: Manifest) -> str:
+    out = root if isinstance(root, OutputDir) else OutputDir(root)
+    out.write_text(MANIFEST_NAME, manifest.to_json())
+    return out.uri(MANIFEST_NAME)
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
-    path = Path(root) / MANIFEST_NAME
-    return json.loads(path.read_text())
+    return json.loads(OutputDir(root).read_text(MANIFEST_NAME))
+
+
+def shards_root(root: str | Path, manifest: dict[str, Any]) -> str:
+    """Where the manifest's shard paths start: the dataset directory, or its version prefix."""
+    version = manifest.get("version")
+    return OutputDir(root).uri(version) if version else str(root)
 
 
 def verify_dataset(root: str | Path) -> list[str]:
     """Re-hash every shard listed in the manifest; return the problems found (empty if none)."""
-    root = Path(root)
     manifest = read_manifest(root)
+    base = OutputDir(shards_root(root, manifest))
     problems = []
     for splits in manifest["shards"].values():
         for infos in splits.values():
             for info in infos:
-                path = root / info["path"]
-                if not path.exists():
-                    problems.append(f"{path}: missing")
-                elif sha256_file(path) != info["sha256"]:
-                    problems.append(f"{path}: sha256 differs from the manifest")
-                elif pq.ParquetFile(path).metadata.num_rows != info["num_rows"]:
-                    problems.append(f"{path}: row count differs from the manifest")
+                where = base.uri(info["path"])
+                if not base.exists(info["path"]):
+                    problems.append(f"{where}: missing")
+                    continue
+                if base.remote:
+                    with base.fs.open_input_file(f"{base.base}/{info['path']}") as fh:
+                        source = pa.BufferReader(data := fh.read())
+                    digest = hashlib.sha256(data).hexdigest()
+                else:
+                    source, digest = where, sha256_file(where)
+                if digest != info["sha256"]:
+                    problems.append(f"{where}: sha256 differs from the manifest")
+                elif pq.ParquetFile(source).metadata.num_rows != info["num_rows"]:
+                    problems.append(f"{where}: row count differs from the manifest")
     return problems
 
 
 def shard_paths(root: str | Path, kind: str, split: str) -> list[Path]:
-    """The shard files of one kind and split, in manifest order."""
+    """The shard files of one kind and split, in manifest order (a local dataset: training
+    reads local paths; see the README on datasets in object stores)."""
+    if is_uri(root):
+        raise ValueError(f"{root}: training reads a local dataset directory (copy or mount it)")
     root = Path(root)
     manifest = read_manifest(root)
     return [root / s["path"] for s in manifest["shards"].get(kind, {}).get(split, [])]

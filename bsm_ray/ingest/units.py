@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bsm_ray.errors import InputError
-from bsm_ray.fileio import atomic_path, atomic_write_text, check_readable_file, sniff_format
+from bsm_ray.fileio import check_readable_file, sniff_format
 from bsm_ray.ingest.builders import (
     BuildContext,
     build_gene_pairs,
@@ -60,6 +60,7 @@ from bsm_ray.ingest.builders import (
 )
 from bsm_ray.ingest.records import InputPart, Ledger, iter_fasta
 from bsm_ray.ingest.shards import ShardInfo, ShardWriter
+from bsm_ray.outputs import OutputDir, join
 from bsm_ray.tokenizers.alphabets import first_invalid
 
 UNITS_DIR = "_units"
@@ -258,12 +259,12 @@ def _rows(config, source: Source, part: InputPart | None, ctx: BuildContext):
     return build_genome_pieces(config.genome, source.paths[0], ctx, part=part)
 
 
-def unit_result_path(staging: str | Path, index: int, phase: int) -> Path:
-    return Path(staging) / UNITS_DIR / f"u{index:05d}.p{phase}.json"
+def unit_result_path(staging: str | Path, index: int, phase: int) -> str:
+    return join(str(staging), UNITS_DIR, f"u{index:05d}.p{phase}.json")
 
 
-def unit_keys_path(staging: str | Path, index: int) -> Path:
-    return Path(staging) / UNITS_DIR / f"u{index:05d}.keys.parquet"
+def unit_keys_path(staging: str | Path, index: int) -> str:
+    return join(str(staging), UNITS_DIR, f"u{index:05d}.keys.parquet")
 
 
 def shard_stem(index: int) -> str:
@@ -302,7 +303,7 @@ def run_unit(
     phase = 2 if preseen else 1
     if os.environ.get(FAULT_ENV) == str(unit.index):
         raise RuntimeError(f"unit {unit.index}: injected failure ({FAULT_ENV})")
-    root = Path(staging)
+    root = OutputDir(staging)  # a local directory or an object-store prefix
     ctx = BuildContext(
         ledger=Ledger(on_invalid=config.on_invalid),
         seed=config.seed,
@@ -315,8 +316,9 @@ def run_unit(
         else:
             ctx.seen[scope] = {k.decode("utf-8") for k in keys}
     stem = shard_stem(unit.index)
-    for stale in root.glob(f"*/*/{stem}-*.parquet"):  # a rerun replaces the unit's shards
-        stale.unlink()
+    for stale in root.files(source.kind):  # a rerun replaces the unit's shards
+        if stale.rsplit("/", 1)[-1].startswith(f"{stem}-"):
+            root.remove(stale)
     writers: dict[tuple[str, str], ShardWriter] = {}
     num_rows, aborted, error = 0, False, None
     try:
@@ -337,7 +339,7 @@ def run_unit(
     for writer in writers.values():
         writer.close()
     if phase == 1:
-        _write_keys(unit_keys_path(root, unit.index), ctx.seen)
+        _write_keys(root, f"{UNITS_DIR}/u{unit.index:05d}.keys.parquet", ctx.seen)
     result = {
         "unit": unit.index,
         "phase": phase,
@@ -352,7 +354,7 @@ def run_unit(
         "aborted": aborted,
         "error": error,
     }
-    atomic_write_text(unit_result_path(root, unit.index, phase), json.dumps(result))
+    root.write_text(f"{UNITS_DIR}/u{unit.index:05d}.p{phase}.json", json.dumps(result))
     return result
 
 
@@ -363,7 +365,7 @@ def key_bucket(scope: str, key: bytes) -> int:
     return hashlib.blake2b(scope.encode() + b"\x1f" + key, digest_size=1).digest()[0] % KEY_BUCKETS
 
 
-def _write_keys(path: Path, seen: dict[str, set]) -> None:
+def _write_keys(root: OutputDir, rel: str, seen: dict[str, set]) -> None:
     scopes, keys, buckets = [], [], []
     for scope, values in seen.items():
         for value in values:
@@ -373,8 +375,7 @@ def _write_keys(path: Path, seen: dict[str, set]) -> None:
             buckets.append(key_bucket(scope, key))
     table = pa.table({"scope": pa.array(scopes, pa.string()), "key": pa.array(keys, pa.binary()),
                       "bucket": pa.array(buckets, pa.int8())})  # fmt: skip
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    root.write_file(rel, lambda tmp: pq.write_table(table, tmp))
 
 
 def result_error(result: dict) -> InputError | None:
