@@ -20,10 +20,11 @@ once under `--out` and reused while size, seed, record count and compression mat
   with sequences in several layouts, through `prepare_dataset` and next to `json.loads` of the
   same lines alone; the web detector's decision alone on the prose texts; a GenBank file of real
   records (NC_000932, arab1, NC_005816 repeated with their own VERSION) through
-  `prepare_dataset` next to `Bio.SeqIO.parse(path, "genbank")` alone; and the three files and the
-  genome in one preparation cut into `--mixed-unit-mb` units, parallel=local vs Ray with 1 and 2 workers
-  (a Ray of the stage's own; speed-up = local seconds / Ray seconds; the three must give one
-  dataset_sha256, printed). Ratios are printed under the table (and in the JSON);
+  `prepare_dataset` next to `Bio.SeqIO.parse(path, "genbank")` alone; and the three files and
+  the genome (one chromosome, cut inside it) in one preparation cut into `--mixed-unit-mb`
+  units, parallel=local vs Ray with 1 and 2 workers (a Ray of the stage's own; speed-up =
+  local seconds / Ray seconds; the three must give one dataset_sha256, printed). Ratios are
+  printed under the table (and in the JSON);
 - tokenizers on the same genome (uppercased): k-mer `kmer_ids` over the whole sequence,
   k-mer `encode_batch` over 511-nt pieces in batches of 1024, and the BSM character tokenizer's
   `encode` / `encode_batch` over the first `--char-mbp` Mbp cut into 1024-letter `<dna>`

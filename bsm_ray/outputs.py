@@ -10,8 +10,9 @@ a dataset there is published by writing its manifest last (see `bsm_ray.ingest.s
 
 Credentials come from the usual places of each store (for S3: the AWS environment variables,
 `~/.aws`, an instance role); options go in the URI's query string as pyarrow reads them, e.g.
-`s3://bucket/data?endpoint_override=minio:9000&scheme=http` for an S3-compatible server. `STORAGE_ENV` names the environment variables the preparation forwards to its Ray
-tasks, so a worker sees the store as the driver does.
+`s3://bucket/data?endpoint_override=minio:9000&scheme=http` for an S3-compatible server.
+`STORAGE_ENV` names the environment variables the preparation forwards to its Ray tasks, so a
+worker sees the store as the driver does.
 
 Imports pyarrow; no ray, torch or mlflow.
 """

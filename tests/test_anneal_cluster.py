@@ -1,6 +1,7 @@
 """The main job on a real two-node Ray cluster: a head started by `cluster/local_cluster.sh up`
 (without the venv on PATH) plus a second `ray start --address` node with its own resources,
-`ray job submit` of jobs/anneal_mix.py without a storage path (the head's
+`ray job submit` of jobs/prepare_data.py (its units as Ray tasks on both nodes, the dataset
+of a local preparation), then of jobs/anneal_mix.py without a storage path (the head's
 BSM_RAY_STORAGE_ROOT and MLFLOW_TRACKING_URI keep its results out of the job's temporary
 working directory, and a job without them refuses to start), trials on both nodes, the second
 node killed mid-sweep (the sweep goes on on the head), ASHA stopping the starved trial, the
@@ -202,8 +203,26 @@ def test_anneal_on_two_nodes_survives_node_loss_and_resumes(cluster, tmp_path):
     assert (f"RAY_AUTH_MODE=token RAY_ADDRESS={address} {client_ray} job submit --working-dir . "
             f"-- python jobs/anneal_mix.py") in up_stdout  # fmt: skip
     assert f"write runs under {tmp_path} and track to sqlite:///{db}" in up_stdout
+    # The data: jobs/prepare_data.py submitted to the cluster, its units as Ray tasks on both
+    # nodes; the same dataset as a preparation in this process.
     data = tmp_path / "sample"
-    prepare_dataset(PrepareConfig(output_dir=str(data), progress=False))
+    _ray("job", "submit", "--address", address, "--working-dir", str(ROOT), "--submission-id",
+         "prepare", "--no-wait", "--", "python", "jobs/prepare_data.py", "--set",
+         f"output_dir={data}", "--set", "parallel=ray", "--set", "unit_bytes=32768",
+         env=env)  # fmt: skip
+    local = prepare_dataset(PrepareConfig(output_dir=str(tmp_path / "local"), progress=False,
+                                          parallel="local", unit_bytes=32768))  # fmt: skip
+    assert _wait_status(address, "prepare", env, timeout=300) == "SUCCEEDED", (
+        _logs(address, "prepare", env)[-3000:])
+    prepared = _logs(address, "prepare", env)
+    sha = local.manifest["dataset_sha256"]
+    assert f"sha256 {sha[:16]}" in prepared and f"{local.num_units} units of work as Ray " \
+        "tasks" in prepared, prepared[-3000:]  # fmt: skip
+    assert json.loads((data / "manifest.json").read_text())["dataset_sha256"] == sha
+    tasks = _json("list", "tasks", "--address", address, "--filter", "func_or_class_name=run_unit",
+                  "--detail", "--limit", "10000", env=env)  # fmt: skip
+    assert {t["node_id"] for t in tasks} == {head, second}, tasks[:3]
+    phase_note = f"prepare_data.py on the cluster: {local.num_units} units on both nodes"
     # No storage_path: the embedded default's `runs` goes under the head's BSM_RAY_STORAGE_ROOT.
     sweep = tmp_path / "runs" / "sweep"
     args = ["--set", "name=sweep", "--set", f"train.data.dataset={data}",
@@ -223,6 +242,8 @@ def test_anneal_on_two_nodes_survives_node_loss_and_resumes(cluster, tmp_path):
 
     def phase(what: str) -> None:  # shown with -s: where the test's minutes go
         print(f"[cluster test {time.time() - t0:5.0f} s] {what}", flush=True)
+
+    phase(phase_note)
 
     # Without a storage root, the same submission would write into Ray's temporary copy of the
     # checkout: it refuses to start, in one line saying why and what to set.

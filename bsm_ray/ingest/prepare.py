@@ -140,11 +140,17 @@ class PrepareResult:
     """Units whose recorded result a crashed run had left (not run again)."""
     units_run: list[int] = field(default_factory=list)
     """Units run by this call (phase 1)."""
+    engine: str = "local"
+    """Where the units ran: "local" (this process) or "ray" (Ray tasks)."""
 
     def summary(self) -> str:
         m = self.manifest
+        where = "as Ray tasks" if self.engine == "ray" else "in this process"
+        resumed = f", {len(self.units_resumed)} resumed from a stopped run" \
+            if self.units_resumed else ""  # fmt: skip
         lines = [
-            f"dataset {self.output_dir}  sha256 {m['dataset_sha256'][:16]}  ({self.seconds:.1f} s)"
+            f"dataset {self.output_dir}  sha256 {m['dataset_sha256'][:16]}  ({self.seconds:.1f} s)",
+            f"  {self.num_units} units of work {where}{resumed}",
         ]
         lines.append(f"  {'kind':16s} {'split':5s} {'rows':>10s} {'tokens':>14s}")
         for kind, splits in m["totals"].items():
@@ -339,7 +345,8 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
                         "command resumes from them")  # fmt: skip
             raise
     resumed = sorted(set(range(len(units))) - set(ran))
-    return PrepareResult(final, manifest.__dict__, time.time() - t0, len(units), resumed, ran)
+    return PrepareResult(final, manifest.__dict__, time.time() - t0, len(units), resumed, ran,
+                         "ray" if runner.ray else "local")  # fmt: skip
 
 
 def _resolve_genome_units(units: list[Unit], sources: list[Source], runner) -> list[Unit]:
