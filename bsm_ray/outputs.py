@@ -104,7 +104,6 @@ class OutputDir:
             tmp = Path(tmpdir) / Path(rel).name
             write(tmp)
             size, digest = _size_and_sha256(tmp)
-            self.fs.create_dir(self._path(rel).rsplit("/", 1)[0], recursive=True)
             with open(tmp, "rb") as src, self.fs.open_output_stream(self._path(rel)) as dst:
                 shutil.copyfileobj(src, dst, 8 << 20)
         return size, digest
@@ -113,9 +112,8 @@ class OutputDir:
         self.write_file(rel, lambda tmp: tmp.write_text(text))
 
     def makedirs(self, rel: str = "") -> None:
-        if self.remote:
-            self.fs.create_dir(self._path(rel), recursive=True)
-        else:
+        """A local directory; nothing in an object store (a prefix exists by its objects)."""
+        if not self.remote:
             (Path(self.base) / rel).mkdir(parents=True, exist_ok=True)
 
     # --- reading ---------------------------------------------------------------------------------
