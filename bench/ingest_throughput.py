@@ -424,7 +424,9 @@ def write_web_documents(path: Path, num_bytes: int, seed: int, with_sequences: b
                     parts.append("\n" + seq + "\n")
                 parts.append(text[len(text) // 2 :])
                 text = " ".join(parts)
-            line = json.dumps({"id": f"doc{i}", "text": text}) + "\n"
+            # Ids of their own per file: the mixed stage prepares both files in one dataset.
+            doc_id = f"{'seqdoc' if with_sequences else 'doc'}{i}"
+            line = json.dumps({"id": doc_id, "text": text}) + "\n"
             fh.write(line)
             written += len(line.encode())
             i += 1
@@ -455,7 +457,7 @@ def ensure_text_inputs(out: Path, web_mb: float, genbank_mb: float, seed: int) -
     gb_dir = biopython_tests_dir() / "GenBank"
     paths = {
         "web_prose_path": out / f"web_prose_{web_mb:g}mb_seed{seed}.jsonl",
-        "web_seq_path": out / f"web_seq_{web_mb:g}mb_seed{seed}.jsonl",
+        "web_seq_path": out / f"web_seq_{web_mb:g}mb_seed{seed}_ids2.jsonl",
         "genbank_path": out / f"genbank_{genbank_mb:g}mb.gb",
     }
     if not paths["web_prose_path"].exists():
@@ -595,9 +597,13 @@ def _mixed_stage(s: dict, parallel: str, num_workers: int | None) -> dict:
     times, result = harness.timed(run, s["repeats"], s["warmup"])
     shutil.rmtree(out, ignore_errors=True)
     sha = result.manifest["dataset_sha256"]
+    skipped = result.manifest["ledger"]["skipped"]  # shown: a degenerate mix would show here
+    n_skipped = sum(sum(c.values()) for c in skipped.values())
     return {"amount": sum(Path(p).stat().st_size for p in paths), "unit": "bytes",
-            "times": times, "notes": f"{result.num_units} units, sha256 {sha[:12]}",
-            "extra": {"dataset_sha256": sha, "num_units": result.num_units}}  # fmt: skip
+            "times": times, "notes": f"{result.num_units} units, {n_skipped} skipped, "
+                                     f"sha256 {sha[:12]}",
+            "extra": {"dataset_sha256": sha, "num_units": result.num_units,
+                      "skipped": skipped}}  # fmt: skip
 
 
 def stage_mixed_local(s: dict) -> dict:
