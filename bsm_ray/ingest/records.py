@@ -10,6 +10,8 @@ record that was being read when a file broke off.
   location "fixed" by guessing) mean Biopython repaired the record on its own guess:
   `parse_genbank` returns them with each record, and `repaired_record_error` makes the one-line
   error (`parser_warning`, the warning text as detail) that callers raise or count.
+  RefSeq pairs read GenBank through `genbank.iter_cds_records`, which gives what this reader
+  gives (the same records, warnings and errors) faster, and falls back to it.
 - FASTA is read by `iter_fasta`, a line streamer that yields each record's sequence in chunks of
   bounded size: a chromosome-sized record never has to sit in memory in several copies (Biopython's
   FASTA parsers build a list of lines and then join them, two copies of every record). Headers
@@ -318,6 +320,33 @@ def repaired_record_error(path: str, record: str, repairs: list[str]) -> InputEr
     return InputError(path, record, "parser_warning", detail)
 
 
+def next_genbank_record(it: Iterator, path: str, where: str) -> tuple[object | None, list[str]]:
+    """The next record of a `Bio.SeqIO.parse(..., "genbank")` iterator (None at its end) and the
+    parser warnings raised reading it; its failures as `InputError`s naming `where` (the record
+    number, see `parse_genbank`)."""
+    from Bio import BiopythonParserWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            record = next(it)
+        except StopIteration:
+            record = None
+        except InputError as exc:  # the file itself broke off or is not text
+            detail = f"{exc.record}: {exc.detail}" if exc.record else exc.detail
+            raise InputError(path, where, exc.reason, detail) from None
+        except Exception as exc:  # Biopython raises ValueError, IndexError, ...
+            text = _one_line(str(exc)) or type(exc).__name__
+            raise InputError(path, where, "malformed_genbank", text) from None
+    repairs = []
+    for w in caught:
+        if issubclass(w.category, BiopythonParserWarning):
+            repairs.append(f"{w.category.__name__}: {_one_line(w.message)}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return record, repairs
+
+
 def parse_genbank(
     path: str | Path, part: InputPart | None = None
 ) -> Iterator[tuple[object, list[str]]]:
@@ -332,7 +361,7 @@ def parse_genbank(
     range is read (it starts at a LOCUS line; record numbers count from the file's start; the
     "after <id>" of a failure in a part's first record is not known there and left out).
     """
-    from Bio import BiopythonParserWarning, SeqIO
+    from Bio import SeqIO
 
     path = str(path)
     index = 0 if part is None else part.first_record
@@ -343,24 +372,7 @@ def parse_genbank(
         it = SeqIO.parse(handle, "genbank")
         while True:
             where = f"#{index + 1}" + (f" (after {last_id})" if last_id else "")
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    record = next(it)
-                except StopIteration:
-                    record = None
-                except InputError as exc:  # the file itself broke off or is not text
-                    detail = f"{exc.record}: {exc.detail}" if exc.record else exc.detail
-                    raise InputError(path, where, exc.reason, detail) from None
-                except Exception as exc:  # Biopython raises ValueError, IndexError, ...
-                    text = _one_line(str(exc)) or type(exc).__name__
-                    raise InputError(path, where, "malformed_genbank", text) from None
-            repairs = []
-            for w in caught:
-                if issubclass(w.category, BiopythonParserWarning):
-                    repairs.append(f"{w.category.__name__}: {_one_line(w.message)}")
-                else:
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            record, repairs = next_genbank_record(it, path, where)
             if record is None:
                 if repairs:  # raised while looking for a next record: blame the end of file
                     raise repaired_record_error(path, f"end of file (after {last_id})", repairs)

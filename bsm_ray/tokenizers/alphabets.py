@@ -38,6 +38,7 @@ def _membership_table(letters: str) -> np.ndarray:
 
 
 _VALID = {name: _membership_table(letters) for name, letters in ALPHABETS.items()}
+_LETTER_BYTES = {name: letters.encode("ascii") for name, letters in ALPHABETS.items()}
 
 
 def first_invalid(seq: bytes | str, modality: str) -> int:
@@ -47,6 +48,8 @@ def first_invalid(seq: bytes | str, modality: str) -> int:
     """
     if isinstance(seq, str):
         seq = seq.encode("ascii", errors="replace")  # non-ASCII -> '?', which is invalid
+    if not seq.translate(None, _LETTER_BYTES[modality]):  # the common case, all valid: one pass
+        return -1
     arr = np.frombuffer(seq, dtype=np.uint8)
     ok = _VALID[modality][arr]
     if ok.all():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -55,6 +56,8 @@ _SPECIAL_BASE = 0x80
 _SPECIAL_BYTES = {
     tok.encode("ascii"): bytes([_SPECIAL_BASE + i]) for i, tok in enumerate(SPECIAL_TOKENS)
 }
+
+_SPECIAL_RE = re.compile("|".join(re.escape(tok) for tok in SPECIAL_TOKENS))
 
 
 def format_document(segments: Iterable[tuple[str, str]]) -> str:
@@ -115,9 +118,9 @@ class BsmCharTokenizer:
     def count_tokens(self, text: str) -> int:
         """Number of ids `encode(text)` returns, without building them."""
         n = len(text)
-        if "<" in text:
-            for tok in SPECIAL_TOKENS:
-                n -= text.count(tok) * (len(tok) - 1)
+        if "<" in text:  # one scan for all tokens (they cannot overlap: no '<' or '>' inside)
+            for tok in _SPECIAL_RE.findall(text):
+                n -= len(tok) - 1
         return n
 
     def encode_sequence(self, seq: str, modality: str) -> np.ndarray:
