@@ -213,6 +213,14 @@ class TaskRunner:
             if not ray.is_initialized():
                 ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
 
+    def parallelism(self) -> int:
+        """Tasks in flight at once: `num_workers`, else the cluster's CPUs (1 locally)."""
+        if not self.ray:
+            return 1
+        import ray
+
+        return self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
     def map(self, fn, calls: list[tuple], desc: str, stop=None) -> list:
         """`[fn(*args) for args in calls]`; locally, `stop(result)` true ends the map early
         (the rest stay None): in error mode the first error in order is all that counts."""
@@ -229,7 +237,7 @@ class TaskRunner:
                 return results
             import ray
 
-            limit = self.num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            limit = self.parallelism()
             options: dict = {"num_cpus": 1}
             env = storage_env()  # the object store as the driver sees it (bsm_ray.outputs)
             if FAULT_ENV in os.environ:  # tests: the injected failure reaches the workers
@@ -432,7 +440,9 @@ def _prepare_units(config, sources, units, inputs, staging, runner, token):
     # Duplicates across units, by hash partition of the keys; a unit holding keys an earlier
     # unit had runs again with them marked seen (phase 2).
     keys_files = [(u.index, unit_keys_path(staging, u.index)) for u in live]
-    groups = [[b] for b in range(KEY_BUCKETS)] if runner.ray else [list(range(KEY_BUCKETS))]
+    # The partitions are fixed (KEY_BUCKETS); they are dealt to as many tasks as run at once.
+    tasks = min(KEY_BUCKETS, runner.parallelism())
+    groups = [list(range(KEY_BUCKETS))[g::tasks] for g in range(tasks)]
     earlier = merge_earlier_keys(
         runner.map(earlier_keys_in_buckets, [(keys_files, g) for g in groups], "duplicates")
     )
