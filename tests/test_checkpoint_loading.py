@@ -124,3 +124,17 @@ def test_the_elastic_policy_picks_the_largest_size_the_run_takes():
     assert policy._count_possible_workers(nodes) == 4
     assert policy._count_possible_workers({"a": {"CPU": 1.0}}) == 0  # below min: it waits
     assert policy._count_possible_workers({"a": {"CPU": 16.0}}) == 8
+
+
+def test_each_run_converts_a_shared_checkpoint_in_a_folder_of_its_own(tmp_path):
+    """Trials of a sweep start from one base checkpoint at once: each converts it in its own
+    folder (a shared one had one trial delete what another loaded), and the workers of one
+    run share theirs."""
+    from bsm_ray.train.universal import universal_folder
+
+    base = tmp_path / "base" / "checkpoint_000001"
+    trials = str(tmp_path / "trials")
+    a = universal_folder(base, 30, trials, "trial_a")
+    assert a == universal_folder(base, 30, trials, "trial_a")  # every worker of the run
+    assert a != universal_folder(base, 30, trials, "trial_b")
+    assert a != universal_folder(base, 31, trials, "trial_a")

@@ -504,16 +504,13 @@ class Trainer:
         of each node converts it to DeepSpeed's universal format in a node-local folder, then
         every worker loads its new partitions (weights, Adam moments, step). Returns what the
         resize was (step, sizes, seconds), which rank 0 prints and the run is tagged with."""
-        import hashlib
         import shutil
-        import tempfile
 
         import torch.distributed as dist
 
-        from bsm_ray.train.universal import convert_to_universal, load_universal
+        from bsm_ray.train.universal import convert_to_universal, load_universal, universal_folder
 
-        key = hashlib.sha256(f"{Path(checkpoint).resolve()}:{self.step}".encode()).hexdigest()
-        out = Path(tempfile.gettempdir()) / f"bsm-universal-{key[:16]}"
+        out = universal_folder(checkpoint, self.step, self.config.storage_path, self.config.name)
         t0 = time.perf_counter()
         convert_s = convert_to_universal(checkpoint, out) if self.ctx.local_rank == 0 else 0.0
         if dist.is_initialized():

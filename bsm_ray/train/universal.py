@@ -51,6 +51,19 @@ def safe_torch_load() -> Iterator[None]:
         torch.load = original
 
 
+def universal_folder(checkpoint: Path, step: int, storage_path: str, run_name: str) -> Path:
+    """The node-local folder a run converts `checkpoint` into: the same for every worker of the
+    run, its own for each run. Trials of a sweep start from one base checkpoint at the same
+    time; with one folder per checkpoint, one trial's conversion deleted what another was
+    loading (DeepSpeed then failed with `assert len(self.ckpt_list) > 0`)."""
+    import hashlib
+    import tempfile
+
+    text = f"{Path(checkpoint).resolve()}:{step}:{storage_path}|{run_name}"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"bsm-universal-{digest}"
+
+
 def convert_to_universal(checkpoint: Path, out_dir: Path) -> float:
     """Convert `checkpoint`'s DeepSpeed state (`<checkpoint>/state/`) into the universal format
     under `out_dir/<UNIVERSAL_TAG>/`; returns the seconds it took."""
