@@ -130,3 +130,12 @@ def test_a_crashed_overwrite_keeps_the_old_dataset_and_resumes(s3_sample, monkey
     assert verify_dataset(uri) == []
     assert OutputDir(uri).subdirs() == [staged[0]]  # the old version is removed once replaced
     assert not OutputDir(uri).child(staged[0]).files("_units")
+
+
+def test_a_bad_object_store_uri_is_one_line_naming_it(tmp_path):
+    from bsm_ray.errors import BsmRayError
+
+    uri = "s3://bsm/sample?no_such_option=1"
+    with pytest.raises(BsmRayError, match=r"output_dir s3://bsm/sample\?no_such_option=1: .*"
+                                          r"no_such_option"):  # fmt: skip
+        prepare_dataset(PrepareConfig(output_dir=uri, parallel="local", **SAMPLE))

@@ -286,8 +286,12 @@ def prepare_dataset(config: PrepareConfig) -> PrepareResult:
         config, synthetic_paths = sample_prepare_inputs(config)
     remote = is_uri(config.output_dir)
     final: Path | str = config.output_dir if remote else Path(config.output_dir)
-    out = OutputDir(final)
-    if out.exists(MANIFEST_NAME if remote else "") and not config.overwrite:
+    try:  # an object store: the URI, its options and the store are checked before any work
+        out = OutputDir(final)
+        exists = out.exists(MANIFEST_NAME if remote else "")
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise BsmRayError(f"output_dir {final}: {str(exc).splitlines()[0]}") from None
+    if exists and not config.overwrite:
         raise BsmRayError(f"{final}: exists (set overwrite: true to replace it)")
     sources = _sources(config)
     runner = TaskRunner(config)
