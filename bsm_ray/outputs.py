@@ -76,6 +76,10 @@ class OutputDir:
         else:
             self.fs, self.base = None, str(local_path(self.location))
 
+    @classmethod
+    def of(cls, location: str | os.PathLike | OutputDir) -> OutputDir:
+        return location if isinstance(location, OutputDir) else cls(location)
+
     def __repr__(self) -> str:
         return f"OutputDir({self.location!r})"
 
@@ -130,6 +134,12 @@ class OutputDir:
             return (Path(self.base) / rel).read_text()
         with self.fs.open_input_stream(self._path(rel)) as fh:
             return fh.read().decode("utf-8")
+
+    def read_bytes(self, rel: str) -> bytes:
+        if not self.remote:
+            return (Path(self.base) / rel).read_bytes()
+        with self.fs.open_input_file(self._path(rel)) as fh:
+            return fh.read()
 
     def files(self, rel: str = "") -> list[str]:
         """Every file below `rel`, as paths relative to this directory (sorted)."""

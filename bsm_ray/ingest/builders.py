@@ -56,6 +56,7 @@ from bsm_ray.ingest.genbank import (
     reverse_complement_acgt,
 )
 from bsm_ray.ingest.records import (
+    WHITESPACE,
     InputPart,
     Ledger,
     iter_fasta,
@@ -865,6 +866,7 @@ def _genome_pieces(cfg, path, ctx, chunk_bytes, progress, part):
         raw = chunk.seq.upper()
         bad_raw = first_invalid(raw, "dna")  # N is a DNA letter: removed below
         if bad_raw >= 0:
+            bad_char = chr(raw[bad_raw])
             raw = raw[:bad_raw]  # what comes before the bad letter is cut as usual
         ctx.stats["genome/bp_read"] += len(raw)
         chrom_bp += len(raw)
@@ -896,7 +898,7 @@ def _genome_pieces(cfg, path, ctx, chunk_bytes, progress, part):
                     path,
                     chrom,
                     "invalid_character",
-                    f"{chr(chunk.seq.upper()[bad_raw])!r} at N-removed position {bad_at + 1}",
+                    f"{bad_char!r} at N-removed position {bad_at + 1}",
                 ),
             )
             invalid = True  # the rest of this chromosome is skipped (pieces before it are kept)
@@ -941,7 +943,7 @@ def _letters_after(path: str, start: int, need: int) -> bytes:
         for line in fh:
             if line.startswith(b">"):
                 break
-            letters = line.translate(None, b" \t\r\n\v\f").upper()
+            letters = line.translate(None, WHITESPACE).upper()
             bad = first_invalid(letters, "dna")
             if bad >= 0:
                 letters = letters[:bad]

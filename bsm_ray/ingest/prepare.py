@@ -75,6 +75,7 @@ from bsm_ray.ingest.units import (
     run_unit,
     scan_genome_part,
     unit_keys_path,
+    unit_result_rel,
 )
 from bsm_ray.log import get_logger
 from bsm_ray.outputs import OutputDir, is_uri, storage_env
@@ -411,7 +412,7 @@ def _plan_file(path: str, layout: str | None, unit_bytes: int):
 
 def _recorded(staging: str, index: int, phase: int, preseen: str | None = None) -> dict | None:
     stage = OutputDir(staging)
-    rel = f"{UNITS_DIR}/u{index:05d}.p{phase}.json"
+    rel = unit_result_rel(index, phase)
     if not stage.exists(rel):
         return None
     result = json.loads(stage.read_text(rel))

@@ -175,7 +175,8 @@ class FastaChunk:
     last: bool
 
 
-_WHITESPACE = b" \t\r\n\v\f"
+WHITESPACE = b" \t\r\n\v\f"
+"""The bytes removed from FASTA sequence lines."""
 _READ_BYTES = 1 << 20
 
 
@@ -248,7 +249,7 @@ def iter_fasta(
                 # Sequence lines up to the next header line (or the end of the block).
                 nxt = data.find(b"\n>", pos)
                 seg_end = len(data) if nxt < 0 else nxt + 1
-                letters = data[pos:seg_end].translate(None, _WHITESPACE)
+                letters = data[pos:seg_end].translate(None, WHITESPACE)
                 if letters and record_id is None:
                     line_no = lines_done + data.count(b"\n", 0, pos) + 1
                     if data[pos:].startswith((b"LOCUS", b"ID ")):

@@ -259,12 +259,18 @@ def _rows(config, source: Source, part: InputPart | None, ctx: BuildContext):
     return build_genome_pieces(config.genome, source.paths[0], ctx, part=part)
 
 
-def unit_result_path(staging: str | Path, index: int, phase: int) -> str:
-    return join(str(staging), UNITS_DIR, f"u{index:05d}.p{phase}.json")
+def unit_result_rel(index: int, phase: int) -> str:
+    """A unit's recorded result, relative to the staging directory."""
+    return f"{UNITS_DIR}/u{index:05d}.p{phase}.json"
+
+
+def unit_keys_rel(index: int) -> str:
+    """A unit's duplicate keys (phase 1), relative to the staging directory."""
+    return f"{UNITS_DIR}/u{index:05d}.keys.parquet"
 
 
 def unit_keys_path(staging: str | Path, index: int) -> str:
-    return join(str(staging), UNITS_DIR, f"u{index:05d}.keys.parquet")
+    return join(str(staging), unit_keys_rel(index))
 
 
 def shard_stem(index: int) -> str:
@@ -339,7 +345,7 @@ def run_unit(
     for writer in writers.values():
         writer.close()
     if phase == 1:
-        _write_keys(root, f"{UNITS_DIR}/u{unit.index:05d}.keys.parquet", ctx.seen)
+        _write_keys(root, unit_keys_rel(unit.index), ctx.seen)
     result = {
         "unit": unit.index,
         "phase": phase,
@@ -354,7 +360,7 @@ def run_unit(
         "aborted": aborted,
         "error": error,
     }
-    root.write_text(f"{UNITS_DIR}/u{unit.index:05d}.p{phase}.json", json.dumps(result))
+    root.write_text(unit_result_rel(unit.index, phase), json.dumps(result))
     return result
 
 
