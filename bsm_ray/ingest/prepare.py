@@ -239,7 +239,9 @@ class TaskRunner:
             import ray
 
             limit = self.parallelism()
-            options: dict = {"num_cpus": 1}
+            # Spread over the nodes: the default packs tasks on the driver's node while it has
+            # room, and short units there left a second node idle.
+            options: dict = {"num_cpus": 1, "scheduling_strategy": "SPREAD"}
             env = storage_env()  # the object store as the driver sees it (bsm_ray.outputs)
             if FAULT_ENV in os.environ:  # tests: the injected failure reaches the workers
                 env[FAULT_ENV] = os.environ[FAULT_ENV]
