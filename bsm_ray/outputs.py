@@ -4,8 +4,8 @@
 project always did: each file written to a temporary name and renamed into place (atomic on a
 POSIX file system). Any other location is a URI that `pyarrow.fs.FileSystem.from_uri`
 understands (`s3://bucket/prefix`, `gs://bucket/prefix`, `hdfs://...`): a file is written
-locally first, then uploaded with one `open_output_stream` (an object appears whole or not at
-all on S3 and GCS: the upload completes on close). Object stores have no rename of a prefix, so
+locally first, uploaded to a hidden key beside its name, and moved into place (a server-side
+copy: the object appears whole or not at all; see `write_file`). Object stores have no rename of a prefix, so
 a dataset there is published by writing its manifest last (see `bsm_ray.ingest.shards`).
 
 Credentials come from the usual places of each store (for S3: the AWS environment variables,
@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +36,8 @@ STORAGE_ENV = (
     "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
     "GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST",
 )  # fmt: skip
+UPLOAD_SUFFIX = ".upload"
+"""An object-store upload in flight (`write_file`); one left by a killed process is junk."""
 
 
 def is_uri(location: str | os.PathLike) -> bool:
@@ -108,8 +111,24 @@ class OutputDir:
             tmp = Path(tmpdir) / Path(rel).name
             write(tmp)
             size, digest = _size_and_sha256(tmp)
-            with open(tmp, "rb") as src, self.fs.open_output_stream(self._path(rel)) as dst:
-                shutil.copyfileobj(src, dst, 8 << 20)
+            # pyarrow completes an upload whenever its stream closes, also when an exception
+            # (a Ray task's cancellation) leaves the `with` midway, and from the destructor:
+            # a half-written object would appear under its name. So the upload goes to a
+            # hidden key beside it and is then moved into place (a server-side copy, which
+            # is atomic); a failed upload is deleted.
+            parent, _, name = rel.rpartition("/")
+            staged = f"{parent}/" if parent else ""
+            staged += f".{name}.{uuid.uuid4().hex[:12]}{UPLOAD_SUFFIX}"
+            try:
+                with open(tmp, "rb") as src, self.fs.open_output_stream(self._path(staged)) as dst:
+                    shutil.copyfileobj(src, dst, 8 << 20)
+                self.fs.move(self._path(staged), self._path(rel))
+            except BaseException:
+                try:
+                    self.fs.delete_file(self._path(staged))
+                except Exception:  # noqa: BLE001 - the upload's own failure is what is raised
+                    pass
+                raise
         return size, digest
 
     def write_text(self, rel: str, text: str) -> None:

@@ -139,3 +139,33 @@ def test_a_bad_object_store_uri_is_one_line_naming_it(tmp_path):
     with pytest.raises(BsmRayError, match=r"output_dir s3://bsm/sample\?no_such_option=1: .*"
                                           r"no_such_option"):  # fmt: skip
         prepare_dataset(PrepareConfig(output_dir=uri, parallel="local", **SAMPLE))
+
+
+def test_an_upload_interrupted_midway_leaves_the_old_object_and_no_partial_one(s3_bucket,
+                                                                             monkeypatch):
+    """pyarrow completes an S3 upload when its stream closes, also on an exception (a Ray
+    task's cancellation arrives as KeyboardInterrupt): the write must not publish what it had
+    sent so far."""
+    from bsm_ray import outputs
+
+    out = OutputDir("s3://bsm/interrupted" + s3_bucket)
+    out.write_text("_units/u00001.p1.json", '{"old": true}')
+
+    class Cancelled(BaseException):  # what a cancelled task meets: not an Exception
+        pass
+
+    def cut_off(src, dst, length=0):
+        dst.write(src.read(3))
+        raise Cancelled
+
+    monkeypatch.setattr(outputs.shutil, "copyfileobj", cut_off)
+    with pytest.raises(Cancelled):
+        out.write_text("_units/u00001.p1.json", '{"new": true}')
+    with pytest.raises(Cancelled):
+        out.write_text("_units/u00002.p1.json", '{"new": true}')
+    monkeypatch.undo()
+    assert out.read_text("_units/u00001.p1.json") == '{"old": true}'
+    assert out.files() == ["_units/u00001.p1.json"]  # no partial object, no upload left over
+    out.write_text("_units/u00002.p1.json", '{"new": true}')
+    assert out.read_text("_units/u00002.p1.json") == '{"new": true}'
+    assert out.files() == ["_units/u00001.p1.json", "_units/u00002.p1.json"]

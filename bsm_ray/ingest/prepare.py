@@ -78,7 +78,7 @@ from bsm_ray.ingest.units import (
     unit_result_rel,
 )
 from bsm_ray.log import get_logger
-from bsm_ray.outputs import OutputDir, is_uri, storage_env
+from bsm_ray.outputs import UPLOAD_SUFFIX, OutputDir, is_uri, storage_env
 from bsm_ray.tokenizers import BsmCharTokenizer, KmerTokenizer
 
 logger = get_logger(__name__)
@@ -504,8 +504,11 @@ def _assemble(config, sources, live, results, inputs, staging) -> Manifest:
         raise BsmRayError(_nothing_prepared(config, len(inputs), ledger))
     listed = {info.path for infos in shard_lists.values() for info in infos}
     stage = OutputDir(staging)
-    for rel in stage.files():  # shards of units a sequential run never read
-        if rel.endswith(".parquet") and not rel.startswith(UNITS_DIR) and rel not in listed:
+    for rel in stage.files():  # shards of units a sequential run never read, and uploads
+        # a killed worker left unfinished
+        if rel.startswith(UNITS_DIR) or rel in listed:
+            continue
+        if rel.endswith((".parquet", UPLOAD_SUFFIX)):
             stage.remove(rel)
     manifest = build_manifest(
         config=to_dict(config),
