@@ -5,8 +5,9 @@ project always did: each file written to a temporary name and renamed into place
 POSIX file system). Any other location is a URI that `pyarrow.fs.FileSystem.from_uri`
 understands (`s3://bucket/prefix`, `gs://bucket/prefix`, `hdfs://...`): a file is written
 locally first, uploaded to a hidden key beside its name, and moved into place (a server-side
-copy: the object appears whole or not at all; see `write_file`). Object stores have no rename of a prefix, so
-a dataset there is published by writing its manifest last (see `bsm_ray.ingest.shards`).
+copy: the object appears whole or not at all; see `write_file`). Object stores have no rename
+of a prefix, so a dataset there is published by writing its manifest last (see
+`bsm_ray.ingest.shards`).
 
 Credentials come from the usual places of each store (for S3: the AWS environment variables,
 `~/.aws`, an instance role); options go in the URI's query string as pyarrow reads them, e.g.
