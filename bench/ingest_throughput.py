@@ -23,8 +23,10 @@ once under `--out` and reused while size, seed, record count and compression mat
   `prepare_dataset` next to `Bio.SeqIO.parse(path, "genbank")` alone; and the three files and
   the genome (one chromosome, cut inside it) in one preparation cut into `--mixed-unit-mb`
   units, parallel=local vs Ray with 1 and 2 workers (a Ray of the stage's own; speed-up =
-  local seconds / Ray seconds; the three must give one dataset_sha256, printed). Ratios are
-  printed under the table (and in the JSON);
+  local seconds / Ray seconds) and vs the same local preparation with every phase's calls
+  handed to 2 plain forked processes (`mixed_processes_2`: the machine's own ceiling for this
+  work, without Ray; its peak RSS is the parent's alone); all must give one dataset_sha256,
+  printed. Ratios are printed under the table (and in the JSON);
 - tokenizers on the same genome (uppercased): k-mer `kmer_ids` over the whole sequence,
   k-mer `encode_batch` over 511-nt pieces in batches of 1024, and the BSM character tokenizer's
   `encode` / `encode_batch` over the first `--char-mbp` Mbp cut into 1024-letter `<dna>`
@@ -84,6 +86,7 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("mixed_local", "prepare mixed, parallel=local"),
     ("mixed_ray_1", "prepare mixed, ray 1 worker"),
     ("mixed_ray_2", "prepare mixed, ray 2 workers"),
+    ("mixed_processes_2", "prepare mixed, 2 plain processes"),
 )
 STAGE_NAMES = tuple(name for name, _ in STAGES)
 
@@ -610,6 +613,27 @@ def stage_mixed_local(s: dict) -> dict:
     return _mixed_stage(s, "local", None)
 
 
+def stage_mixed_processes_2(s: dict) -> dict:
+    """The machine's own ceiling for this work, without Ray: the local preparation with every
+    phase's calls (plans, genome scans, units, duplicate checks) handed to a pool of 2 forked
+    processes, in order. What 2 workers of any engine can gain here is bounded by this."""
+    import multiprocessing
+
+    from bsm_ray.ingest.prepare import TaskRunner
+
+    pool = multiprocessing.get_context("fork").Pool(2)
+    pool.map(abs, [0, 1])  # started before the timing, as Ray's workers are after the warm-up
+
+    def pooled(self, fn, calls, desc, stop=None):  # stop: error mode only (on_invalid=skip here)
+        return pool.starmap(fn, calls, chunksize=1)
+
+    TaskRunner.map = pooled
+    try:
+        return _mixed_stage(s, "local", None)
+    finally:
+        pool.close()
+
+
 def stage_mixed_ray_1(s: dict) -> dict:
     return _mixed_stage(s, "ray", 1)
 
@@ -639,6 +663,7 @@ STAGE_FUNCTIONS = {
     "mixed_local": stage_mixed_local,
     "mixed_ray_1": stage_mixed_ray_1,
     "mixed_ray_2": stage_mixed_ray_2,
+    "mixed_processes_2": stage_mixed_processes_2,
 }
 
 
@@ -729,15 +754,18 @@ def _ratios(results: dict) -> dict:
              ("web_sequences", "web_seq_json_loads", "web w/ seqs through the job vs json.loads"),
              ("genbank_prepare", "genbank_seqio", "GenBank through the job vs SeqIO.parse"),
              ("mixed_ray_1", "mixed_local", "ray 1 worker vs local (speed-up)"),
-             ("mixed_ray_2", "mixed_local", "ray 2 workers vs local (speed-up)"))  # fmt: skip
+             ("mixed_ray_2", "mixed_local", "ray 2 workers vs local (speed-up)"),
+             ("mixed_processes_2", "mixed_local",
+              "2 plain processes vs local (this machine's ceiling)"))  # fmt: skip
     for slow, fast, label in pairs:
         a, b = med(slow), med(fast)
         if a and b:
-            out[f"{fast}/{slow}" if "ray" not in slow else f"{slow}_speedup"] = b / a
-            out["lines"].append(f"{label}: {b / a:.2f}x" if "ray" in slow
+            speedup = slow.startswith("mixed_")
+            out[f"{slow}_speedup" if speedup else f"{fast}/{slow}"] = b / a
+            out["lines"].append(f"{label}: {b / a:.2f}x" if speedup
                                 else f"{label}: {b / a:.2f} of its speed")  # fmt: skip
     shas = {results[n]["extra"]["dataset_sha256"] for n in ("mixed_local", "mixed_ray_1",
-            "mixed_ray_2") if n in results}  # fmt: skip
+            "mixed_ray_2", "mixed_processes_2") if n in results}  # fmt: skip
     if shas:
         out["same_dataset_sha256"] = len(shas) == 1
         out["lines"].append(f"local and ray give the same dataset_sha256: {len(shas) == 1}")
