@@ -1,9 +1,10 @@
 """Runs that change size: a run stopped on 2 workers continues on 1 (DeepSpeed's universal
 checkpoint for ZeRO-2 and ZeRO-3, the AdamW moments and the step carried over), with the same
 global batches (which rows, per step) as the uninterrupted run (causal: at world size 1, in
-this process; the streamed MLM: on 2 workers) and its train/loss within 1e-3 relative (fp32 on CPU, where only the reduction order differs; the tiny presets have
-no dropout); an annealing trial started from a round checkpoint gets the round's optimizer
-state. The elastic run that loses a worker node and grows back is in test_anneal_cluster.py.
+this process; the streamed MLM: on 2 workers) and its train/loss within 1e-3 relative (fp32 on
+CPU, where only the reduction order differs; the tiny presets have no dropout); an annealing
+trial started from a round checkpoint gets the round's optimizer state. The elastic run that
+loses a worker node and grows back is in test_elastic_cluster.py.
 """
 
 from __future__ import annotations
