@@ -6,8 +6,9 @@ second node is SIGKILLed as a spot reclaim would lose it: Ray Train's elastic po
 the group on the one node left, from the last checkpoint (written by 2 workers, loaded into 1
 through DeepSpeed's universal checkpoint). The node is started again once the 1-worker group
 trains, and the group grows back to 2 from its latest (1-worker) checkpoint. Over the whole run,
-each global step's rows equal an uninterrupted run's and train/loss tracks it within 1e-3
-relative over the first 160 steps and 1e-2 after, where fp32 rounding differences compound (the
+each global step's rows, up to 80 steps past the regrowth, equal an uninterrupted run's and
+train/loss tracks it within 1e-3 relative over the first 160 steps and 1e-2 after, where fp32
+rounding differences compound (the
 reference runs in this process, world size 1: fp32 on CPU, only the reduction order differs;
 bsm-tiny has no dropout).
 
@@ -198,16 +199,21 @@ def test_an_elastic_run_loses_a_node_continues_on_one_worker_and_grows_back(two_
     assert "2 -> 1 workers" in text and "1 -> 2 workers" in text  # printed at each resize
     assert "universal checkpoint conversion" in text
 
-    # The uninterrupted run (this process, world size 1): the same rows in every global step,
-    # the same loss within 1e-3 relative.
+    # The uninterrupted run (this process, world size 1), through both resizes and 80 steps
+    # past the regrowth (stopped there, on the full run's schedule; the rest of the run is
+    # plain training on 2 workers, and 90 s of reference for it cost more than it showed):
+    # the same rows in every global step, the same loss within 1e-3 relative.
+    regrown = next(s for s in range(STEPS, 0, -1) if sizes[s - 1] == 1) + 1
+    checked = min(STEPS, regrown + 80)
     config = load_config(TrainConfig, ROOT / "jobs" / "configs" / "bsm_smoke.yaml",
                          _sets(settings)[1::2])  # the same settings, as --set values
-    reference = launch(replace(config, name="reference", num_workers=0))
-    assert reference.metrics["step"] == STEPS
+    reference = launch(replace(config, name="reference", num_workers=0, stop_at_step=checked))
+    assert reference.metrics["step"] == checked
     want, got = _last_per_step(storage / "reference"), _last_per_step(run)
-    assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+    assert sorted(got) == list(range(1, STEPS + 1))
+    assert sorted(want) == list(range(1, checked + 1))
     assert [got[s]["world_size"] for s in range(1, STEPS + 1)] == sizes
-    for step in range(1, STEPS + 1):
+    for step in range(1, checked + 1):
         assert got[step]["rows"] == want[step]["rows"], step
         loss, ref = history[step]["train/loss"], want[step]["loss"]
         # fp32 reduction-order differences compound over hundreds of steps: 1e-3 over the
