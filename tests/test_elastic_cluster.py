@@ -5,12 +5,12 @@ second `ray start` node, each advertising one `train_slot` (so one worker runs o
 second node is SIGKILLed as a spot reclaim would lose it: Ray Train's elastic policy restarts
 the group on the one node left, from the last checkpoint (written by 2 workers, loaded into 1
 through DeepSpeed's universal checkpoint). The node is started again once the 1-worker group
-trains, and the group grows back to 2 from its latest (1-worker) checkpoint. Over the whole run,
-each global step's rows, up to 80 steps past the regrowth, equal an uninterrupted run's and
-train/loss tracks it within 1e-3 relative over the first 160 steps and 1e-2 after, where fp32
-rounding differences compound (the
-reference runs in this process, world size 1: fp32 on CPU, only the reduction order differs;
-bsm-tiny has no dropout).
+trains, and the group grows back to 2 from its latest (1-worker) checkpoint. The world size of
+every step is 2, then 1, then 2. Through both resizes and up to 80 steps past the regrowth,
+each global step's rows equal an uninterrupted run's and train/loss tracks it within 1e-3
+relative over the first 160 steps and 1e-2 after, where fp32 rounding differences compound
+(the reference runs in this process, world size 1: fp32 on CPU, only the reduction order
+differs; bsm-tiny has no dropout).
 
 Starts its own cluster, so it runs last (conftest orders `cluster` tests after the rest) and
 shuts the session's in-process Ray instance down first.
