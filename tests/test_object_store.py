@@ -20,7 +20,7 @@ from conftest import UNIT_SAMPLE
 from bsm_ray.ingest.prepare import PrepareConfig, prepare_dataset
 from bsm_ray.ingest.shards import read_manifest, shards_root, verify_dataset
 from bsm_ray.ingest.units import FAULT_ENV
-from bsm_ray.outputs import OutputDir
+from bsm_ray.outputs import UPLOAD_SUFFIX, OutputDir
 
 SAMPLE = UNIT_SAMPLE
 
@@ -121,6 +121,9 @@ def test_a_crashed_overwrite_keeps_the_old_dataset_and_resumes(s3_sample, monkey
                 for f in OutputDir(uri).child(staged[0]).files("_units")
                 if f.endswith(".p1.json")}  # fmt: skip
     assert recorded and failing not in recorded
+    # An upload a killed worker left behind (its process gone before it could delete it).
+    leftover = f"{staged[0]}/web/train/.part-u00003-00000.parquet.0123456789ab{UPLOAD_SUFFIX}"
+    OutputDir(uri).write_text(leftover, "partial")
     resumed = prepare_dataset(config)
     assert set(resumed.units_resumed) == recorded
     assert set(resumed.units_run).isdisjoint(recorded)
@@ -130,6 +133,7 @@ def test_a_crashed_overwrite_keeps_the_old_dataset_and_resumes(s3_sample, monkey
     assert verify_dataset(uri) == []
     assert OutputDir(uri).subdirs() == [staged[0]]  # the old version is removed once replaced
     assert not OutputDir(uri).child(staged[0]).files("_units")
+    assert leftover not in OutputDir(uri).files()  # deleted when the dataset was assembled
 
 
 def test_a_bad_object_store_uri_is_one_line_naming_it(tmp_path):
